@@ -1,0 +1,38 @@
+"""sharkcage: Python process pools without the sharks.
+
+Swap one import line and keep your code::
+
+    from sharkcage import Pool          # instead of: from multiprocessing import Pool
+
+    def square(x):
+        return x * x
+
+    if __name__ == "__main__":
+        with Pool(2) as pool:
+            print(pool.map(square, range(5)))   # [0, 1, 4, 9, 16]
+
+A crash, a timeout or an unpicklable result fails only its own task, with a
+clear error; the pool never hangs.
+"""
+
+from sharkcage.errors import (
+    RemoteError,
+    SerializationError,
+    SharkcageError,
+    TaskTimeoutError,
+    UnsafeForkError,
+    WorkerCrashedError,
+    WorkerInitError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SharkcageError",
+    "WorkerCrashedError",
+    "TaskTimeoutError",
+    "RemoteError",
+    "SerializationError",
+    "WorkerInitError",
+    "UnsafeForkError",
+]

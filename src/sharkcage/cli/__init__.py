@@ -1,0 +1,1 @@
+"""The ``sharkcage`` command line: ``tank``, ``doctor``, ``lint``, ``bench``."""
