@@ -1,0 +1,76 @@
+"""What the supervisor delivers outcomes to: one :class:`Job` per call.
+
+A job is the parent-side sink of one ``apply_async``/``submit`` (one task) or
+one ``map``-like call (many tasks). The supervisor thread calls
+:meth:`Job.deliver` exactly once per task index — with the value, or with the
+exception the caller will see — and never anything that can block on the
+caller. User callbacks run on the pool's callback thread (see
+:class:`CallbackRunner`), so a slow or blocking callback cannot stall the
+supervisor, and a raising one is logged and forgotten.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+from sharkcage._engine.start import mark_own_thread
+
+log = logging.getLogger("sharkcage")
+
+
+class Job:
+    """Base sink. Subclasses implement ``_deliver``; ``name`` reads like ``map(square)``."""
+
+    __slots__ = ("name", "kind", "cancelled", "__weakref__")
+
+    def __init__(self, name: str, kind: str = "apply"):
+        self.name = name
+        self.kind = kind
+        self.cancelled = False  # a whole-job cancel (AsyncResult.cancel, executor.cancel)
+
+    def describe(self, index: int) -> str:
+        if self.kind in ("apply", "submit", "actor"):
+            return f"{self.kind} of {self.name}"
+        return f"task {index} of {self.name}"
+
+    def is_cancelled(self, index: int) -> bool:
+        return self.cancelled
+
+    def deliver(self, index: int, ok: bool, value) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class CallbackRunner:
+    """One thread per pool that runs user callbacks in order.
+
+    A callback that raises (or calls ``sys.exit``) is logged on the
+    ``sharkcage`` logger and the pool carries on.
+    """
+
+    def __init__(self, name: str):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = mark_own_thread(threading.Thread(target=self._run, name=name, daemon=True))
+        self._thread.start()
+
+    def call(self, fn, *args) -> None:
+        self._queue.put((fn, args))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def join(self, timeout: float | None) -> None:
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except BaseException:  # noqa: BLE001 - sys.exit in a callback included
+                log.exception("a callback raised; the task's result was still delivered")

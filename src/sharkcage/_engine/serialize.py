@@ -1,0 +1,232 @@
+"""Serialization: callables by value, data fast, failures attributed to one task.
+
+* Data (arguments, results) goes through plain ``pickle`` first — it is the
+  fastest path — and falls back to ``cloudpickle`` for what plain pickle
+  cannot do (lambdas, closures, ``__main__`` functions inside the data).
+* Callables always go through ``cloudpickle``: importable functions by
+  reference, everything else (lambdas, ``python -c`` code, the REPL, a
+  notebook) by value. The supervisor pickles a function once per pool and
+  ships it once per worker.
+* Exceptions are checked for a round trip *in the worker*; one whose
+  ``__reduce__`` breaks its own ``__init__`` (seed 003) travels as a
+  description and is rebuilt here without calling ``__init__``.
+
+Everything that can raise while decoding runs inside a guard that turns the
+failure into an exception object for exactly one task: nothing here may kill
+the supervisor thread.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import pickle
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from sharkcage.errors import RemoteError, SerializationError
+
+PROTOCOL = 5
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle data: plain pickle first, cloudpickle when that is not enough.
+
+    Raises whatever the second attempt raised; callers turn it into a
+    :class:`SerializationError` naming the task and direction.
+    """
+    try:
+        return pickle.dumps(obj, PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        return cloudpickle.dumps(obj, PROTOCOL)
+
+
+loads = pickle.loads
+
+
+def dumps_callable(fn: Any) -> bytes:
+    """Pickle a callable by value where it cannot be found by reference."""
+    return cloudpickle.dumps(fn, PROTOCOL)
+
+
+def callable_name(fn: Any) -> str:
+    """A short, human name for a callable, for error messages."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if name is None:
+        inner = getattr(fn, "func", None)  # functools.partial
+        if inner is not None:
+            return f"partial({callable_name(inner)})"
+        name = type(fn).__name__
+    return name
+
+
+def failing_type(obj: Any, exc: BaseException) -> str:
+    """Best guess at the type of the object that failed to pickle.
+
+    Pickle's own messages name it ("cannot pickle 'generator' object");
+    otherwise, search the object's direct contents for the first one that
+    fails on its own, and name the outermost type as a last resort.
+    """
+    text = str(exc)
+    marker = "cannot pickle '"
+    if marker in text:
+        return text.split(marker, 1)[1].split("'", 1)[0]
+    for part in _children(obj):
+        try:
+            dumps(part)
+        except BaseException:  # noqa: BLE001 - probing only
+            return type(part).__qualname__
+    return type(obj).__qualname__
+
+
+def _children(obj: Any):
+    if isinstance(obj, (tuple, list, set, frozenset)):
+        return list(obj)
+    if isinstance(obj, dict):
+        return list(obj.keys()) + list(obj.values())
+    return []
+
+
+def describe_exception(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def serialization_error(direction: str, task: str, obj: Any, exc: BaseException) -> SerializationError:
+    """Build the error for ``obj`` that failed to (de)serialize."""
+    hint = None
+    if direction == "argument":
+        hint = "Pass picklable arguments (plain data, importable classes), or create the object inside the task"
+    elif direction == "result":
+        hint = "Return picklable data from the task (convert generators to lists, drop open handles)"
+    err = SerializationError(direction, task, failing_type(obj, exc), describe_exception(exc), hint)
+    err.__cause__ = exc if isinstance(exc, Exception) else None
+    return err
+
+
+# --------------------------------------------------------------------------
+# Exceptions raised by tasks
+
+
+class _RemoteTraceback(Exception):
+    """Carries the worker's traceback text as ``__cause__`` (as concurrent.futures does)."""
+
+    def __init__(self, tb: str):
+        self.tb = tb
+        super().__init__(tb)
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def pack_exception(exc: BaseException) -> bytes:
+    """Worker side: the bytes that bring ``exc`` back to the parent.
+
+    A round trip is tried right here, so an exception class that cannot be
+    rebuilt (seed 003's mysql error) is sent as a description instead of
+    exploding in the parent.
+    """
+    tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None
+    cause, context = exc.__cause__, exc.__context__
+    try:
+        # Chained exceptions may hold unpicklable frames or objects; the
+        # traceback text already tells their story.
+        exc.__cause__ = exc.__context__ = None
+        data = dumps(("exc", exc, tb_text))
+        kind, back, _ = loads(data)
+        if type(back) is type(exc):
+            return data
+    except BaseException:  # noqa: BLE001 - any failure means "describe it instead"
+        pass
+    finally:
+        exc.__cause__, exc.__context__ = cause, context
+    return dumps(("remote", describe_remote(exc), tb_text))
+
+
+def describe_remote(exc: BaseException) -> dict:
+    """The parts of an exception that survive pickling on their own."""
+    cls = type(exc)
+    try:
+        message = str(exc)
+    except BaseException:  # noqa: BLE001 - a broken __str__ must not stop us
+        message = repr(getattr(exc, "args", ()))
+    desc = {"module": cls.__module__, "qualname": cls.__qualname__, "message": message, "args": (), "dict": {}}
+    try:
+        desc["args"] = loads(dumps(tuple(exc.args)))
+    except BaseException:  # noqa: BLE001
+        pass
+    for key, value in getattr(exc, "__dict__", {}).items():
+        try:
+            desc["dict"][key] = loads(dumps(value))
+        except BaseException:  # noqa: BLE001 - keep what can travel, drop the rest
+            pass
+    return desc
+
+
+_REMOTE_SUBCLASSES: dict[type, type | None] = {}
+
+
+def _remote_subclass(cls: type) -> type | None:
+    """A subclass of ``cls`` and RemoteError, so ``except cls`` still catches it."""
+    if cls not in _REMOTE_SUBCLASSES:
+        try:
+            sub = type(
+                cls.__name__,
+                (cls, RemoteError),
+                {
+                    "__module__": cls.__module__,
+                    "__qualname__": cls.__qualname__,
+                    "__str__": RemoteError.__str__,
+                    "__reduce__": RemoteError.__reduce__,
+                    "__init__": RemoteError.__init__,
+                },
+            )
+        except TypeError:  # incompatible layouts (some C exception types)
+            sub = None
+        _REMOTE_SUBCLASSES[cls] = sub
+    return _REMOTE_SUBCLASSES[cls]
+
+
+def rebuild_remote(desc: dict, tb_text: str) -> BaseException:
+    """Parent side: a RemoteError (or a subclass of the original class)."""
+    type_name = f"{desc['module']}.{desc['qualname']}"
+    cls = None
+    try:
+        obj: Any = importlib.import_module(desc["module"])
+        for part in desc["qualname"].split("."):
+            obj = getattr(obj, part)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            cls = obj
+    except BaseException:  # noqa: BLE001 - not importable here: plain RemoteError
+        cls = None
+    sub = _remote_subclass(cls) if cls is not None else None
+    if sub is None:
+        return RemoteError(type_name, desc["message"], tb_text)
+    err = BaseException.__new__(sub)  # never the original __init__: it is what broke
+    err.args = tuple(desc["args"])
+    try:
+        err.__dict__.update(desc["dict"])
+    except BaseException:  # noqa: BLE001
+        pass
+    err.type_name = type_name
+    err.message = desc["message"]
+    err.remote_traceback = tb_text
+    return err
+
+
+def unpack_exception(data: bytes) -> BaseException:
+    """Parent side: the exception a task raised, ready to raise here."""
+    kind, payload, tb_text = loads(data)
+    if kind == "remote":
+        return rebuild_remote(payload, tb_text)
+    exc = payload
+    exc.__cause__ = _RemoteTraceback(tb_text)
+    return exc
+
+
+def format_exc_only(exc: BaseException) -> str:
+    buf = io.StringIO()
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=buf)
+    return buf.getvalue()

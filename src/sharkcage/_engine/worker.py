@@ -1,0 +1,369 @@
+"""The worker process: receive, run, reply — and die with the parent.
+
+Messages from the parent (tuples; see supervisor.py for the other side)::
+
+    ("fn", fn_id, bytes)        register a callable (pickled once per pool)
+    ("forget", fn_id)           drop it
+    ("run", batch_id, fn_id, kind, payload, split)
+                                run a batch: payload is one pickle of the
+                                item list, or (split) a list of per-item pickles
+    ("cancel", batch_id)        skip that batch if it has not started
+    ("exit",)                   run the finalizer and leave
+
+Messages to the parent::
+
+    ("ready", pid) / ("init_failed", traceback_text)
+    ("done", batch_id, results_pickle)          every item succeeded
+    ("mixed", batch_id, [(status, bytes), ...]) per-item outcomes
+    ("bad_chunk", batch_id, reason)             the batch as a whole failed to
+                                                unpickle: the parent re-sends
+                                                it item by item
+    ("skipped", batch_id)                       cancelled before it started
+    ("log", record_pickle)                      a forwarded logging record
+    ("retire", [batch_id, ...], reason)         leaving (maxtasksperchild,
+                                                max_memory_per_worker): those
+                                                batches never started
+
+The *slot* is a small shared array the parent reads without any message:
+[batch id running, item index (-1 unpickling, -2 pickling results), start
+time of the item (time.monotonic, shared by all processes on Linux), items
+done]. It tells the supervisor which task is running — hence exactly which
+task a crash or a timeout belongs to — and when that task's clock started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass
+
+from sharkcage._engine import serialize
+from sharkcage._engine.channel import ChannelClosed, WorkerEnd
+
+# item status codes in a "mixed" reply
+OK, RAISED, BAD_ARGUMENT, BAD_RESULT = 0, 1, 2, 3
+# batch kinds: how an item is applied to the function
+CALL, MAP, STARMAP = 0, 1, 2
+# slot fields
+SLOT_BATCH, SLOT_ITEM, SLOT_START, SLOT_DONE = 0, 1, 2, 3
+SLOT_SIZE = 4
+ITEM_UNPICKLING, ITEM_PICKLING = -1.0, -2.0
+
+
+@dataclass
+class WorkerInfo:
+    """What a task can learn about the worker running it.
+
+    >>> from sharkcage import worker_info
+    >>> worker_info() is None   # outside a worker
+    True
+    """
+
+    worker_id: int
+    pid: int
+    tasks_done: int
+
+
+_state = None
+_info: WorkerInfo | None = None
+
+
+def worker_state():
+    """The return value of the pool's ``initializer`` in this worker.
+
+    None outside a worker, or when the pool has no initializer.
+
+    >>> from sharkcage import worker_state
+    >>> worker_state() is None
+    True
+    """
+    return _state
+
+
+def worker_info() -> WorkerInfo | None:
+    """``worker_id`` (a stable small slot number), ``pid`` and ``tasks_done``, or None outside a worker."""
+    return _info
+
+
+class _ForwardHandler(logging.Handler):
+    """Sends every record to the parent, on the same channel as the results,
+    so the records a task logged are handled before its result arrives."""
+
+    def __init__(self, chan: WorkerEnd, lock: threading.Lock):
+        super().__init__(logging.NOTSET)
+        self.chan = chan
+        self.lock = lock
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            # Like QueueHandler.prepare: format now, drop what may not pickle.
+            msg = record.getMessage()
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            d = dict(record.__dict__)
+            d.update(msg=msg, args=None, exc_info=None)
+            d.pop("message", None)
+            try:
+                data = pickle.dumps(d, 5)
+            except Exception:
+                d = {k: (v if isinstance(v, (str, int, float, type(None))) else repr(v)) for k, v in d.items()}
+                data = pickle.dumps(d, 5)
+            with self.lock:
+                self.chan.send(("log", data))
+        except Exception:
+            self.handleError(record)
+
+
+def _set_pdeathsig() -> None:
+    """Ask Linux to SIGKILL us when our parent dies (belt to the watchdog's braces)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except Exception:
+        pass
+
+
+def _watch_parent(sock: socket.socket) -> None:
+    """Exit at once when the parent's end of the channel hangs up.
+
+    The main thread may be deep in a long task and not reading; this thread
+    only waits for the hang-up, so a SIGKILLed parent never leaves us behind.
+    """
+    poller = select.poll()
+    mask = select.POLLHUP | getattr(select, "POLLRDHUP", 0)
+    poller.register(sock.fileno(), mask)
+    while True:
+        try:
+            events = poller.poll()
+        except InterruptedError:
+            continue
+        except Exception:
+            os._exit(70)
+        for _fd, ev in events:
+            if ev & (select.POLLHUP | getattr(select, "POLLRDHUP", 0) | select.POLLERR | select.POLLNVAL):
+                os._exit(70)
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+
+
+def main(sock: socket.socket, slot, config: bytes) -> None:
+    """Entry point of a worker process (the target of multiprocessing.Process)."""
+    global _state, _info
+    _set_pdeathsig()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Let a task create a pool of its own (nested pools): multiprocessing
+    # refuses children of daemonic processes.
+    import multiprocessing.process as mpp
+
+    mpp.current_process()._config["daemon"] = False
+
+    chan = WorkerEnd(sock)
+    send_lock = threading.Lock()
+
+    def send(message) -> None:
+        with send_lock:
+            chan.send(message)
+
+    watchdog = threading.Thread(target=_watch_parent, args=(sock,), name="sharkcage-watchdog", daemon=True)
+    watchdog._sharkcage_own = True  # not a "foreign" thread for fork checks
+    watchdog.start()
+
+    cfg = pickle.loads(config)
+    worker_id = cfg["worker_id"]
+    _info = WorkerInfo(worker_id=worker_id, pid=os.getpid(), tasks_done=0)
+    os.environ["SHARKCAGE_WORKER_ID"] = str(worker_id)
+    slot_view = memoryview(slot).cast("B").cast("d")
+    slot_view[SLOT_BATCH] = -1.0
+
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(_ForwardHandler(chan, send_lock))
+    root.setLevel(cfg["log_level"])
+
+    finalizer = None
+    try:
+        if cfg["finalizer"] is not None:
+            finalizer = serialize.loads(cfg["finalizer"])
+        if cfg["initializer"] is not None:
+            initializer = serialize.loads(cfg["initializer"])
+            initargs = serialize.loads(cfg["initargs"])
+            _state = initializer(*initargs)
+    except BaseException as e:  # noqa: BLE001 - SystemExit from an initializer is a failure too
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        try:
+            send(("init_failed", tb))
+        finally:
+            os._exit(3)
+    send(("ready", os.getpid()))
+
+    try:
+        _serve(chan, send, slot_view, cfg)
+    except (ChannelClosed, OSError):
+        os._exit(0)  # the parent is gone: nobody to finalize for
+    if finalizer is not None:
+        try:
+            finalizer(_state)
+        except BaseException:  # noqa: BLE001
+            logging.getLogger("sharkcage").exception("the pool's finalizer raised in worker %s", worker_id)
+    # Flush and leave without running atexit handlers inherited from the
+    # forkserver's import of the parent's modules.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(0)
+
+
+def _apply(fn, kind: int, item):
+    if kind == MAP:
+        return fn(item)
+    if kind == STARMAP:
+        return fn(*item)
+    args, kwargs = item
+    return fn(*args, **kwargs)
+
+
+def _serve(chan: WorkerEnd, send, slot, cfg) -> str:
+    functions: dict[int, object] = {}
+    queue: deque = deque()
+    cancelled: set[int] = set()
+    batches_done = 0
+    max_batches = cfg["maxtasksperchild"]
+    max_memory = cfg["max_memory"]
+    sock = chan.sock
+    monotonic = time.monotonic
+
+    def handle(msg) -> bool:
+        tag = msg[0]
+        if tag == "run":
+            queue.append(msg)
+        elif tag == "fn":
+            functions[msg[1]] = msg[2]  # unpickled lazily, inside the task's guard
+        elif tag == "forget":
+            functions.pop(msg[1], None)
+        elif tag == "cancel":
+            cancelled.add(msg[1])
+        elif tag == "exit":
+            return False
+        return True
+
+    while True:
+        # Block for work when idle; otherwise only drain what already arrived
+        # (cancel requests, more work) before starting the next batch.
+        if not queue:
+            if not handle(chan.recv()):
+                return "exit"
+        while chan.has_buffered() or select.select([sock], [], [], 0)[0]:
+            if not handle(chan.recv()):
+                return "exit"
+        if not queue:
+            continue
+        _tag, batch_id, fn_id, kind, payload, split = queue.popleft()
+        if batch_id in cancelled:
+            cancelled.discard(batch_id)
+            send(("skipped", batch_id))
+            continue
+        slot[SLOT_START] = monotonic()
+        slot[SLOT_ITEM] = ITEM_UNPICKLING
+        slot[SLOT_BATCH] = float(batch_id)
+        reply = _run_batch(batch_id, functions, fn_id, kind, payload, split, slot, monotonic)
+        slot[SLOT_BATCH] = -1.0
+        send(reply)
+        batches_done += 1
+        _info.tasks_done = int(slot[SLOT_DONE])
+        retire = None
+        if max_batches and batches_done >= max_batches:
+            retire = f"maxtasksperchild={max_batches} reached"
+        elif max_memory and _rss_bytes() > max_memory:
+            retire = f"RSS {_rss_bytes()} bytes passed max_memory_per_worker={max_memory}"
+        if retire:
+            send(("retire", [m[1] for m in queue], retire))
+            return "retire"
+
+
+def _run_batch(batch_id, functions, fn_id, kind, payload, split, slot, monotonic):
+    fn = functions.get(fn_id)
+    if isinstance(fn, bytes):
+        try:
+            fn = functions[fn_id] = serialize.loads(fn)
+        except BaseException as e:  # noqa: BLE001
+            functions.pop(fn_id, None)
+            err = serialize.pack_exception(
+                RuntimeError(f"the task's function could not be unpickled in the worker: {serialize.describe_exception(e)}")
+            )
+            n = len(payload) if split else 1
+            return ("mixed", batch_id, [(RAISED, err)] * n)
+    if split:
+        items = payload  # list of per-item pickles, unpickled one by one below
+    else:
+        try:
+            items = serialize.loads(payload)
+        except BaseException as e:  # noqa: BLE001 - SystemExit in __setstate__ included
+            return ("bad_chunk", batch_id, serialize.describe_exception(e))
+    results = []
+    outcomes = None  # becomes a per-item list at the first failure
+    for i, item in enumerate(items):
+        slot[SLOT_START] = monotonic()
+        slot[SLOT_ITEM] = float(i)
+        if split:
+            try:
+                item = serialize.loads(item)
+            except BaseException as e:  # noqa: BLE001
+                if outcomes is None:
+                    outcomes = [(OK, r) for r in results]
+                outcomes.append((BAD_ARGUMENT, pickle.dumps((type(e).__qualname__, serialize.describe_exception(e)))))
+                results.append(None)
+                slot[SLOT_DONE] += 1
+                continue
+        try:
+            value = _apply(fn, kind, item)
+        except BaseException as e:  # noqa: BLE001 - SystemExit goes back to the caller too
+            if outcomes is None:
+                outcomes = [(OK, r) for r in results]
+            outcomes.append((RAISED, serialize.pack_exception(e)))
+            results.append(None)
+        else:
+            results.append(value)
+            if outcomes is not None:
+                outcomes.append((OK, value))
+        slot[SLOT_DONE] += 1
+    slot[SLOT_ITEM] = ITEM_PICKLING
+    if outcomes is None:
+        try:
+            return ("done", batch_id, serialize.dumps(results))
+        except BaseException:  # noqa: BLE001 - find the culprit item by item
+            outcomes = [(OK, r) for r in results]
+    packed = []
+    for status, value in outcomes:
+        if status == OK:
+            try:
+                value = serialize.dumps(value)
+            except BaseException as e:  # noqa: BLE001
+                status = BAD_RESULT
+                value = pickle.dumps((serialize.failing_type(value, e), serialize.describe_exception(e)))
+        packed.append((status, value))
+    return ("mixed", batch_id, packed)
