@@ -25,9 +25,19 @@ from sharkcage.errors import (
     WorkerInitError,
 )
 
+from sharkcage._engine.worker import worker_info, worker_state
+from sharkcage.pool import Pool
+from sharkcage.results import AsyncResult, IMapIterator, MapResult
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "Pool",
+    "AsyncResult",
+    "MapResult",
+    "IMapIterator",
+    "worker_state",
+    "worker_info",
     "SharkcageError",
     "WorkerCrashedError",
     "TaskTimeoutError",

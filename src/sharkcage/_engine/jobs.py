@@ -23,20 +23,24 @@ log = logging.getLogger("sharkcage")
 class Job:
     """Base sink. Subclasses implement ``_deliver``; ``name`` reads like ``map(square)``."""
 
-    __slots__ = ("name", "kind", "cancelled", "__weakref__")
+    __slots__ = ("name", "kind", "cancel_requested", "__weakref__")
 
     def __init__(self, name: str, kind: str = "apply"):
         self.name = name
         self.kind = kind
-        self.cancelled = False  # a whole-job cancel (AsyncResult.cancel, executor.cancel)
+        self.cancel_requested = False  # a whole-job cancel (AsyncResult.cancel, executor.cancel)
 
     def describe(self, index: int) -> str:
         if self.kind in ("apply", "submit", "actor"):
-            return f"{self.kind} of {self.name}"
+            return self.name
         return f"task {index} of {self.name}"
 
     def is_cancelled(self, index: int) -> bool:
-        return self.cancelled
+        return self.cancel_requested
+
+    def start(self, index: int) -> bool:
+        """Called when the task is handed to a worker; False drops it (cancelled)."""
+        return not self.cancel_requested
 
     def deliver(self, index: int, ok: bool, value) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

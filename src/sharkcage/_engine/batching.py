@@ -1,0 +1,147 @@
+"""Turning calls into batches, in the caller's thread, and feeding lazy input.
+
+Arguments are pickled here, before anything reaches the supervisor, so an
+argument that cannot be pickled raises :class:`SerializationError` to the
+caller at submit time, naming its task. A chunk is pickled as one unit (the
+fast path); only when that fails is it pickled item by item to find the
+culprit.
+
+:class:`Feeder` consumes the input of ``imap``/``imap_unordered``/executor
+``map`` lazily on its own thread, keeping at most ``limit`` tasks submitted
+but not yet consumed, so an infinite generator runs in bounded memory
+(guarantee 7). An input item that cannot be pickled, or an input iterator
+that raises, fails at its own position.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+
+from sharkcage._engine import serialize
+from sharkcage._engine.start import mark_own_thread
+from sharkcage._engine.supervisor import Batch
+
+
+def pickle_chunk(items: list, job, first_index: int, fn_id: int, kind: int, raise_errors: bool):
+    """One batch for ``items``; returns (batch or None, [(index, error)])."""
+    try:
+        return Batch(fn_id, kind, [(job, first_index + k) for k in range(len(items))], items,
+                     serialize.dumps(items), False), []
+    except BaseException as e:  # noqa: BLE001 - SystemExit in __reduce__ included
+        if isinstance(e, KeyboardInterrupt):
+            raise
+    payloads, targets, kept, errors = [], [], [], []
+    for k, item in enumerate(items):
+        try:
+            payloads.append(serialize.dumps(item))
+        except BaseException as e:  # noqa: BLE001
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            err = serialize.serialization_error("argument", job.describe(first_index + k), item, e)
+            if raise_errors:
+                raise err from None
+            errors.append((first_index + k, err))
+            continue
+        targets.append((job, first_index + k))
+        kept.append(item)
+    if not targets:
+        return None, errors
+    return Batch(fn_id, kind, targets, kept, payloads, True), errors
+
+
+def single(job, fn_id: int, kind: int, item) -> Batch:
+    """A batch of one task (apply_async/submit); raises SerializationError."""
+    try:
+        payload = serialize.dumps(item)
+    except BaseException as e:  # noqa: BLE001
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise serialize.serialization_error("argument", job.describe(0), item, e) from None
+    return Batch(fn_id, kind, [(job, 0)], [item], [payload], True)
+
+
+def chunks(items: list, chunksize: int):
+    for start in range(0, len(items), chunksize):
+        yield start, items[start : start + chunksize]
+
+
+class Feeder:
+    """Pulls a (possibly infinite) iterable into the pool, a chunk at a time."""
+
+    def __init__(self, backend, job, iterable, fn_id: int, kind: int, chunksize: int, limit: int):
+        self.backend = backend
+        self.job_ref = weakref.ref(job)  # the consumer dropping the iterator stops us
+        self.iterator = iter(iterable)
+        self.fn_id = fn_id
+        self.kind = kind
+        self.chunksize = chunksize
+        self.limit = max(limit, chunksize)
+        self.cond = threading.Condition()
+        self.stopped = False
+        job._on_consume = self.wake
+        self.thread = mark_own_thread(threading.Thread(target=self._run, name="sharkcage-feeder", daemon=True))
+        self.thread.start()
+
+    def wake(self) -> None:
+        with self.cond:
+            self.cond.notify()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.wake()
+
+    def _run(self) -> None:
+        index = 0
+        it = self.iterator
+        try:
+            while True:
+                job = self.job_ref()
+                if job is None or self.stopped or job._feeder_stop or self.backend.done.is_set():
+                    return
+                # Wait until the consumer has made room (bounded in-flight).
+                with self.cond:
+                    while index - job.consumed() >= self.limit:
+                        if self.stopped or job._feeder_stop or self.backend.done.is_set():
+                            return
+                        self.cond.wait(0.1)
+                room = self.limit - (index - job.consumed())
+                items = []
+                failure = None
+                try:
+                    for item in itertools.islice(it, min(self.chunksize, room)):
+                        items.append(item)
+                except BaseException as e:  # noqa: BLE001 - the input raised: fail at its position
+                    failure = e
+                if items:
+                    batch, errors = pickle_chunk(items, job, index, self.fn_id, self.kind, raise_errors=False)
+                    for i, err in errors:
+                        job.deliver(i, False, err)
+                    if batch is not None:
+                        try:
+                            self.backend.submit([batch])
+                        except ValueError:  # pool closed under us: those items fail, nothing hangs
+                            for j, i in batch.targets:
+                                j.deliver(i, False, _closed_error())
+                    index += len(items)
+                if failure is not None:
+                    job.deliver(index, False, failure)
+                    index += 1
+                    job.set_total(index)
+                    return
+                if len(items) < min(self.chunksize, room):
+                    job.set_total(index)
+                    return
+                del job
+        except BaseException as e:  # noqa: BLE001 - never leave the consumer waiting
+            job = self.job_ref()
+            if job is not None:
+                job.deliver(index, False, e)
+                job.set_total(index + 1)
+
+
+def _closed_error():
+    from sharkcage.errors import SharkcageError
+
+    return SharkcageError("the pool was closed before this item could be submitted")

@@ -1,0 +1,946 @@
+"""The supervisor: one thread per pool that owns all pool state.
+
+Data flow (every arrow that can fail has a named outcome for exactly one task)::
+
+    caller threads                 supervisor thread                      worker processes
+    --------------                 -----------------                      ----------------
+    register_function(fn) -- cloudpickle once per pool (SerializationError here)
+    submit(batches) ------+
+    cancel(job) ----------+--> commands deque + wake pipe
+    close()/terminate() --+            |
+                                       v
+                          selector.select(timeout = nearest deadline) over
+                            wake pipe, every worker's channel, every sentinel
+                                       |
+                 pending batches ---> dispatch: "fn" once per worker, "run" -->  run items, slot
+                                       |  (non-blocking writes, queued           marks the running
+                                       |   until the channel is writable)        item + its start
+                 "done"/"mixed" <------+---------------------------------------  results
+                   decode in a guard -> Job.deliver(index, ok, value)
+                 "log"  -> the parent's logging handlers, before the next result
+                 sentinel fires -> the slot names the task it ran: WorkerCrashedError
+                   (or a retry); the other batches it held go back to pending;
+                   a replacement starts in the same slot
+                 deadline passes -> SIGKILL the worker -> TaskTimeoutError for that
+                   task only (the clock started when the task did)
+
+Public methods only enqueue commands and wake the loop; nothing outside this
+thread touches the worker table. Every wait in the parent has a way out: a
+sentinel, a deadline or shutdown.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import os
+import pickle
+import selectors
+import signal
+import socket
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+from sharkcage._engine import serialize, start
+from sharkcage._engine.channel import ChannelClosed, ParentEnd, encode
+from sharkcage._engine.jobs import CallbackRunner, Job
+from sharkcage._engine.worker import (
+    BAD_ARGUMENT,
+    BAD_RESULT,
+    ITEM_PICKLING,
+    ITEM_UNPICKLING,
+    OK,
+    RAISED,
+    SLOT_BATCH,
+    SLOT_DONE,
+    SLOT_ITEM,
+    SLOT_SIZE,
+    SLOT_START,
+)
+from sharkcage.errors import (
+    SharkcageError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkerInitError,
+)
+
+log = logging.getLogger("sharkcage")
+
+_MAX_FN_PER_WORKER = 128  # callables a worker keeps before the oldest is forgotten
+_EOF_GRACE = 2.0  # seconds a worker may linger after closing its channel
+_TERM_GRACE = 0.3  # seconds between SIGTERM and SIGKILL on terminate()
+_INIT_FAILURES = 3  # start failures in a row that break the pool (WorkerInitError)
+_SIMPLE = (int, float, str, bytes, bool, type(None), complex)
+
+
+class Batch:
+    """Items of one or more jobs sent to a worker as one message."""
+
+    __slots__ = ("id", "fn_id", "kind", "targets", "items", "payload", "split", "attempts", "sent_at")
+
+    def __init__(self, fn_id: int, kind: int, targets: list, items: list, payload, split: bool, attempts: int = 0):
+        self.id = 0
+        self.fn_id = fn_id
+        self.kind = kind
+        self.targets = targets  # [(job, index)] one per item
+        self.items = items  # the original argument items, to re-split after a crash
+        self.payload = payload  # one pickle of items, or (split) a list of per-item pickles
+        self.split = split
+        self.attempts = attempts
+        self.sent_at = 0.0
+
+
+class _Worker:
+    """The supervisor's record of one worker process."""
+
+    __slots__ = (
+        "slot_id", "process", "pid", "end", "sentinel", "slot", "slot_view", "assigned", "fns",
+        "state", "eof_deadline", "kill_reason", "started", "ever_ran", "tasks_done", "last_done",
+    )
+
+    def __init__(self, slot_id: int):
+        self.slot_id = slot_id
+        self.assigned: collections.deque[Batch] = collections.deque()
+        self.fns: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self.state = "starting"  # starting -> ready -> (retiring | exiting) -> dead
+        self.eof_deadline = None
+        self.kill_reason = None  # ("timeout"|"cancel", batch_id, item) when we killed it
+        self.ever_ran = False
+        self.tasks_done = 0
+        self.last_done = 0.0
+
+
+class PoolConfig:
+    """Everything a supervisor needs to know, validated by the facade."""
+
+    def __init__(
+        self,
+        processes: int,
+        context,
+        method: str,
+        *,
+        initializer=None,
+        initargs=(),
+        finalizer=None,
+        maxtasksperchild=None,
+        task_timeout=None,
+        max_memory_per_worker=None,
+        retries=0,
+        allow_unsafe_fork=False,
+        name="pool",
+    ):
+        self.processes = processes
+        self.context = context
+        self.method = method
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
+        self.finalizer = finalizer
+        self.maxtasksperchild = maxtasksperchild
+        self.task_timeout = task_timeout
+        self.max_memory_per_worker = max_memory_per_worker
+        self.retries = retries
+        self.allow_unsafe_fork = allow_unsafe_fork
+        self.name = name
+
+
+def _parent_log_level() -> int:
+    """The lowest level any configured logger of the parent would let through."""
+    root = logging.getLogger()
+    level = root.getEffectiveLevel()
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        if isinstance(logger, logging.Logger) and logger.level:
+            level = min(level, logger.level)
+    return level
+
+
+class Supervisor:
+    """The local engine behind Pool and ProcessPoolExecutor (see the module doc)."""
+
+    def __init__(self, config: PoolConfig):
+        self.config = config
+        self._commands: collections.deque = collections.deque()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._wake_flag = False
+        self._fn_lock = threading.Lock()
+        self._fn_cache: dict[int, tuple[int, Any, bytes]] = {}
+        self._fn_bytes: dict[int, bytes] = {}
+        self._next_fn = 0
+        self._next_batch = 0
+        self.pending: collections.deque[Batch] = collections.deque()
+        self.inflight: dict[int, tuple[_Worker, Batch]] = {}
+        self.workers: dict[int, _Worker] = {}
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self.state = "running"  # running -> closing -> (done) ; or terminating
+        self.broken: BaseException | None = None
+        self._init_failures = 0
+        self._last_init_error = ""
+        self._avg_task = 0.0  # EWMA of item run time, seconds (dispatch depth)
+        self.crashes = 0
+        self.restarts = 0
+        self.callbacks = CallbackRunner(f"sharkcage-callbacks-{config.name}")
+        init = serialize.dumps_callable(config.initializer) if config.initializer is not None else None
+        fin = serialize.dumps_callable(config.finalizer) if config.finalizer is not None else None
+        self._worker_config = dict(
+            initializer=init,
+            initargs=serialize.dumps_callable(config.initargs) if init is not None else None,
+            finalizer=fin,
+            maxtasksperchild=config.maxtasksperchild,
+            max_memory=config.max_memory_per_worker,
+            log_level=_parent_log_level(),
+        )
+        if config.method == "fork":
+            start.check_fork_safe(config.allow_unsafe_fork)
+        start.ensure_forkserver(config.context)
+        _read_oom_baseline()
+        self._term_deadline = 0.0
+        self.done = threading.Event()
+        self._thread = start.mark_own_thread(
+            threading.Thread(target=self._run, name=f"sharkcage-supervisor-{config.name}", daemon=True)
+        )
+        self._thread.start()
+
+    # ------------------------------------------------------------------
+    # API for caller threads: enqueue and wake, nothing else.
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _command(self, *cmd) -> None:
+        self._commands.append(cmd)
+        if not self._wake_flag:
+            self._wake_flag = True
+            try:
+                os.write(self._wake_w, b"x")
+            except (BlockingIOError, OSError):
+                pass
+
+    def register_function(self, fn: Callable, per_call: bool = False) -> int:
+        """The id of ``fn``, pickling it on first use (raises SerializationError).
+
+        Plain functions are cached for the life of the pool; other callables
+        (bound methods, callable objects) are pickled per call, so a worker
+        sees their state as of that call.
+        """
+        key = id(fn)
+        with self._fn_lock:
+            hit = self._fn_cache.get(key)
+            if hit is not None and hit[1] is fn:
+                return hit[0]
+            try:
+                data = serialize.dumps_callable(fn)
+            except BaseException as e:  # noqa: BLE001
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                raise serialize.serialization_error(
+                    "argument", f"the function {serialize.callable_name(fn)}", fn, e
+                ) from None
+            self._next_fn += 1
+            fn_id = self._next_fn
+            self._fn_bytes[fn_id] = data
+            if not per_call:
+                self._fn_cache[key] = (fn_id, fn, data)
+            return fn_id
+
+    def submit(self, batches: list[Batch]) -> None:
+        if self.broken is not None:
+            for b in batches:
+                for job, index in b.targets:
+                    job.deliver(index, False, self.broken)
+            return
+        if self.state != "running":
+            raise ValueError("Pool not running")
+        self._command("submit", batches)
+
+    def cancel(self, job: Job) -> None:
+        self._command("cancel", job)
+
+    def close(self) -> None:
+        self._command("close")
+
+    def terminate(self, reason: str = "the pool was terminated") -> None:
+        self._command("terminate", reason)
+
+    def join(self, timeout: float | None = None) -> bool:
+        if threading.current_thread() is self._thread:
+            return False
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def pending_count(self) -> int:
+        return len(self.pending)
+
+    # ------------------------------------------------------------------
+    # The loop
+
+    def _run(self) -> None:
+        try:
+            for slot_id in range(self.config.processes):
+                self._start_worker(slot_id)
+            while not self._loop_once():
+                pass
+        except BaseException as e:  # noqa: BLE001 - never leave a waiter hanging
+            tb = traceback.format_exc()
+            log.critical("sharkcage supervisor failed; the pool is stopped:\n%s", tb)
+            self._fail_everything(SharkcageError(f"the pool's supervisor failed: {e!r}\n{tb}"))
+            self._kill_all(grace=0)
+        finally:
+            self._shutdown_resources()
+
+    def _loop_once(self) -> bool:
+        timeout = self._next_timeout()
+        events = self.selector.select(timeout)
+        for key, mask in events:
+            tag, w = key.data
+            if tag == "wake":
+                self._wake_flag = False
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+            elif tag == "chan":
+                if mask & selectors.EVENT_READ:
+                    self._read_worker(w)
+                if mask & selectors.EVENT_WRITE and w.state != "dead":
+                    self._flush(w)
+            elif tag == "sentinel":
+                self._reap(w)
+        self._take_commands()
+        self._check_deadlines()
+        if self.state in ("running", "closing") and self.broken is None:
+            self._dispatch()
+        self._maybe_retire_idle()
+        return self._finished()
+
+    def _next_timeout(self) -> float | None:
+        now = time.monotonic()
+        deadlines = []
+        timeout = self.config.task_timeout
+        for w in self.workers.values():
+            if w.eof_deadline is not None:
+                deadlines.append(w.eof_deadline)
+            if timeout is not None and w.state != "dead" and w.kill_reason is None:
+                running = self._running_item(w)
+                if running is not None:
+                    deadlines.append(running[2] + timeout)
+        if self.state == "terminating":
+            deadlines.append(now + 0.05)
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - now)
+
+    def _running_item(self, w: _Worker):
+        """(batch_id, item, start) of the item the worker runs now, or None."""
+        v = w.slot_view
+        batch_id = v[SLOT_BATCH]
+        if batch_id < 0:
+            return None
+        item = v[SLOT_ITEM]
+        started = v[SLOT_START]
+        if v[SLOT_BATCH] != batch_id:  # torn read: the worker moved on
+            return None
+        return int(batch_id), int(item), started
+
+    # ------------------------------------------------------------------
+    # Commands
+
+    def _take_commands(self) -> None:
+        cmds = self._commands
+        while cmds:
+            cmd = cmds.popleft()
+            tag = cmd[0]
+            if tag == "submit":
+                if self.broken is not None:
+                    for b in cmd[1]:
+                        self._fail_batch(b, self.broken)
+                elif self.state == "terminating":
+                    for b in cmd[1]:
+                        self._fail_batch(b, SharkcageError("the pool was terminated before this task ran"))
+                else:
+                    for b in cmd[1]:
+                        self._next_batch += 1
+                        b.id = self._next_batch
+                    self.pending.extend(cmd[1])
+            elif tag == "cancel":
+                self._cancel(cmd[1])
+            elif tag == "close":
+                if self.state == "running":
+                    self.state = "closing"
+            elif tag == "terminate":
+                self._terminate(cmd[1])
+
+    def _cancel(self, job: Job) -> None:
+        """Drop the job's pending items; kill the worker of a running one."""
+        if any(job is j for b in self.pending for j, _ in b.targets):
+            kept = collections.deque()
+            for b in self.pending:
+                if any(j is job for j, _ in b.targets):
+                    b = self._without(b, job)
+                    if b is None:
+                        continue
+                kept.append(b)
+            self.pending = kept
+        for w in list(self.workers.values()):
+            if w.state == "dead":
+                continue
+            running = self._running_item(w)
+            for b in list(w.assigned):
+                if not any(j is job for j, _ in b.targets):
+                    continue
+                if running is not None and running[0] == b.id:
+                    item = running[1]
+                    if 0 <= item < len(b.targets) and b.targets[item][0] is job:
+                        if w.kill_reason is None:
+                            w.kill_reason = ("cancel", b.id, item)
+                            self._kill(w)
+                        continue
+                if all(j is job for j, _ in b.targets):
+                    w.end.queue(encode(("cancel", b.id)))
+                    self._want_write(w)
+
+    def _without(self, b: Batch, job: Job) -> Batch | None:
+        keep = [i for i, (j, _) in enumerate(b.targets) if j is not job]
+        if not keep:
+            return None
+        if len(keep) == len(b.targets):
+            return b
+        return self._subset(b, keep)
+
+    def _subset(self, b: Batch, keep: list[int]) -> Batch:
+        """A new batch with only the items at ``keep`` (always sent split)."""
+        if b.split:
+            payload = [b.payload[i] for i in keep]
+        else:
+            payload = [serialize.dumps(b.items[i]) for i in keep]
+        nb = Batch(b.fn_id, b.kind, [b.targets[i] for i in keep], [b.items[i] for i in keep], payload, True, b.attempts)
+        self._next_batch += 1
+        nb.id = self._next_batch
+        return nb
+
+    # ------------------------------------------------------------------
+    # Workers: start, read, write, reap
+
+    def _start_worker(self, slot_id: int) -> None:
+        cfg = self.config
+        w = _Worker(slot_id)
+        if cfg.method == "fork":
+            try:
+                start.check_fork_safe(cfg.allow_unsafe_fork)
+            except SharkcageError as e:
+                self._break(e)
+                return
+        parent_sock, child_sock = socket.socketpair()
+        # Large buffers so a batch of small tasks or results fits in one write.
+        for s in (parent_sock, child_sock):
+            for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, opt, 1 << 20)
+                except OSError:
+                    pass
+        w.slot = cfg.context.RawArray("d", SLOT_SIZE)
+        w.slot_view = memoryview(w.slot).cast("B").cast("d")
+        w.slot_view[SLOT_BATCH] = -1.0
+        wcfg = dict(self._worker_config, worker_id=slot_id)
+        from sharkcage._engine import worker as worker_mod
+
+        proc = cfg.context.Process(
+            target=worker_mod.main,
+            args=(child_sock, w.slot, pickle.dumps(wcfg, 5)),
+            name=f"sharkcage-{cfg.name}-worker-{slot_id}",
+            daemon=True,
+        )
+        try:
+            proc.start()
+        except BaseException as e:  # noqa: BLE001
+            parent_sock.close()
+            child_sock.close()
+            self._start_failed(f"could not start a worker process: {e!r}")
+            return
+        finally:
+            child_sock.close()
+        w.process = proc
+        w.pid = proc.pid
+        w.sentinel = proc.sentinel
+        w.end = ParentEnd(parent_sock)
+        w.started = time.monotonic()
+        self.workers[slot_id] = w
+        self.selector.register(w.end.fd, selectors.EVENT_READ, ("chan", w))
+        self.selector.register(w.sentinel, selectors.EVENT_READ, ("sentinel", w))
+
+    def _want_write(self, w: _Worker) -> None:
+        if w.state == "dead" or w.eof_deadline is not None:
+            return
+        if not self._flush(w):
+            self.selector.modify(w.end.fd, selectors.EVENT_READ | selectors.EVENT_WRITE, ("chan", w))
+
+    def _flush(self, w: _Worker) -> bool:
+        try:
+            done = w.end.flush()
+        except ChannelClosed:
+            self._channel_lost(w)
+            return True
+        if done:
+            try:
+                self.selector.modify(w.end.fd, selectors.EVENT_READ, ("chan", w))
+            except (KeyError, ValueError):
+                pass
+        return done
+
+    def _channel_lost(self, w: _Worker) -> None:
+        """EOF or a broken pipe: the worker is dying; its sentinel will tell how."""
+        if w.eof_deadline is None:
+            w.eof_deadline = time.monotonic() + _EOF_GRACE
+            try:
+                self.selector.unregister(w.end.fd)
+            except (KeyError, ValueError):
+                pass
+
+    def _read_worker(self, w: _Worker) -> None:
+        try:
+            messages = w.end.read_messages()
+        except ChannelClosed:
+            self._channel_lost(w)
+            return
+        for body in messages:
+            try:
+                msg = pickle.loads(body)
+            except BaseException:  # noqa: BLE001 - a corrupt frame: treat the worker as crashed
+                log.error("corrupt message from worker pid %s; killing it", w.pid)
+                self._kill(w)
+                return
+            self._handle(w, msg)
+
+    def _handle(self, w: _Worker, msg) -> None:
+        tag = msg[0]
+        if tag == "done" or tag == "mixed":
+            batch = self._finish_batch(w, msg[1])
+            if batch is not None:
+                self._init_failures = 0
+                now = time.monotonic()
+                per_item = (now - max(batch.sent_at, w.last_done)) / max(1, len(batch.targets))
+                w.last_done = now
+                w.tasks_done += len(batch.targets)
+                self._avg_task = 0.8 * self._avg_task + 0.2 * per_item
+                if tag == "done":
+                    self._deliver_all(batch, msg[2])
+                else:
+                    self._deliver_mixed(batch, msg[2])
+        elif tag == "log":
+            self._handle_log(msg[1])
+        elif tag == "ready":
+            if w.state == "starting":
+                w.state = "ready"
+            self._init_failures = 0
+        elif tag == "init_failed":
+            w.state = "init_failed"
+            self._last_init_error = msg[1]
+        elif tag == "bad_chunk":
+            batch = self._finish_batch(w, msg[1])
+            if batch is not None:
+                # The whole chunk failed to unpickle: re-send it item by item so
+                # the failure lands on the right task(s) and nothing else.
+                self.pending.appendleft(self._subset(batch, list(range(len(batch.targets)))))
+        elif tag == "skipped":
+            # Cancelled before it started; the job already holds its outcome.
+            self._finish_batch(w, msg[1])
+        elif tag == "retire":
+            never_started = set(msg[1])
+            w.state = "retiring"
+            back = [b for b in w.assigned if b.id in never_started]
+            for b in reversed(back):
+                w.assigned.remove(b)
+                self.inflight.pop(b.id, None)
+                self.pending.appendleft(b)
+
+    def _finish_batch(self, w: _Worker, batch_id: int) -> Batch | None:
+        entry = self.inflight.pop(batch_id, None)
+        if entry is None:
+            return None
+        batch = entry[1]
+        try:
+            w.assigned.remove(batch)
+        except ValueError:
+            pass
+        w.ever_ran = True
+        return batch
+
+    def _handle_log(self, data: bytes) -> None:
+        try:
+            record = logging.makeLogRecord(pickle.loads(data))
+            logger = logging.getLogger(record.name)
+            if logger.isEnabledFor(record.levelno):
+                logger.handle(record)
+        except BaseException:  # noqa: BLE001 - a broken handler must not stop the pool
+            log.debug("could not handle a worker's log record", exc_info=True)
+
+    # ------------------------------------------------------------------
+    # Delivering outcomes
+
+    def _deliver_all(self, batch: Batch, data: bytes) -> None:
+        try:
+            values = serialize.loads(data)
+        except BaseException as e:  # noqa: BLE001
+            for job, index in batch.targets:
+                self._deliver(job, index, False, serialize.serialization_error("result", job.describe(index), None, e))
+            return
+        for (job, index), value in zip(batch.targets, values):
+            self._deliver(job, index, True, value)
+
+    def _deliver_mixed(self, batch: Batch, outcomes: list) -> None:
+        for (job, index), (status, data) in zip(batch.targets, outcomes):
+            what = job.describe(index)
+            if status == OK:
+                try:
+                    value = serialize.loads(data)
+                except BaseException as e:  # noqa: BLE001 - SystemExit in __setstate__ included
+                    self._deliver(job, index, False, serialize.serialization_error("result", what, None, e))
+                    continue
+                self._deliver(job, index, True, value)
+            elif status == RAISED:
+                try:
+                    exc = serialize.unpack_exception(data)
+                except BaseException as e:  # noqa: BLE001
+                    exc = serialize.serialization_error("result", what, None, e)
+                self._deliver(job, index, False, exc)
+            else:
+                type_name, reason = pickle.loads(data)
+                direction = "argument" if status == BAD_ARGUMENT else "result"
+                err = serialize.SerializationError(
+                    direction, what, type_name, reason,
+                    "Pass picklable arguments" if status == BAD_ARGUMENT else
+                    "Return picklable data from the task (convert generators to lists, drop open handles)",
+                )
+                self._deliver(job, index, False, err)
+
+    def _deliver(self, job: Job, index: int, ok: bool, value) -> None:
+        try:
+            job.deliver(index, ok, value)
+        except BaseException:  # noqa: BLE001
+            log.exception("delivering the outcome of %s failed", job.describe(index))
+
+    def _fail_batch(self, batch: Batch, exc: BaseException) -> None:
+        for job, index in batch.targets:
+            self._deliver(job, index, False, exc)
+
+    # ------------------------------------------------------------------
+    # Dispatch
+
+    def _depth(self) -> int:
+        # Keep a second batch queued in the worker when tasks are short, so
+        # it never waits on the parent; long tasks get one at a time, so no
+        # task waits behind a long one while another worker is idle.
+        return 2 if self._avg_task < 0.005 else 1
+
+    def _dispatch(self) -> None:
+        if not self.pending:
+            return
+        depth = self._depth()
+        ready = [w for w in self.workers.values() if w.state in ("starting", "ready") and w.eof_deadline is None]
+        if not ready:
+            return
+        max_batches = self.config.maxtasksperchild
+        progress = True
+        while self.pending and progress:
+            progress = False
+            for w in ready:
+                if not self.pending:
+                    break
+                if len(w.assigned) >= depth:
+                    continue
+                if max_batches and w.state == "ready" and len(w.assigned) >= 1:
+                    # A worker that retires after N batches must not hold
+                    # more than it will run.
+                    continue
+                batch = self._take_batch(len(ready))
+                if batch is None:
+                    continue
+                self._send_batch(w, batch)
+                progress = True
+
+    def _take_batch(self, n_workers: int) -> Batch | None:
+        pending = self.pending
+        while pending:
+            b = pending.popleft()
+            live = [k for k, (job, i) in enumerate(b.targets) if job.start(i)]
+            if len(live) != len(b.targets):
+                if not live:
+                    continue
+                b = self._subset(b, live)
+            # Coalesce single-task submits into one message, up to a fair share.
+            if b.split and len(b.targets) == 1 and pending:
+                share = max(1, min(64, len(pending) // max(1, n_workers)))
+                merged = [b]
+                while pending and len(merged) < share:
+                    nxt = pending[0]
+                    if not (nxt.split and nxt.fn_id == b.fn_id and nxt.kind == b.kind and nxt.attempts == b.attempts
+                            and len(nxt.targets) == 1):
+                        break
+                    pending.popleft()
+                    if nxt.targets[0][0].start(nxt.targets[0][1]):
+                        merged.append(nxt)
+                if len(merged) > 1:
+                    nb = Batch(b.fn_id, b.kind, [m.targets[0] for m in merged], [m.items[0] for m in merged],
+                               [m.payload[0] for m in merged], True, b.attempts)
+                    nb.id = b.id
+                    b = nb
+            return b
+        return None
+
+    def _send_batch(self, w: _Worker, batch: Batch) -> None:
+        if batch.fn_id not in w.fns:
+            w.end.queue(encode(("fn", batch.fn_id, self._fn_bytes[batch.fn_id])))
+            w.fns[batch.fn_id] = None
+            if len(w.fns) > _MAX_FN_PER_WORKER:
+                old, _ = w.fns.popitem(last=False)
+                w.end.queue(encode(("forget", old)))
+        else:
+            w.fns.move_to_end(batch.fn_id)
+        w.end.queue(encode(("run", batch.id, batch.fn_id, batch.kind, batch.payload, batch.split)))
+        w.assigned.append(batch)
+        batch.sent_at = time.monotonic()
+        self.inflight[batch.id] = (w, batch)
+        self._want_write(w)
+
+    # ------------------------------------------------------------------
+    # Deaths, timeouts, replacement
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        timeout = self.config.task_timeout
+        if self.state == "terminating" and now >= self._term_deadline:
+            for w in self.workers.values():
+                if w.state != "dead":
+                    self._kill(w)
+            self._term_deadline = now + 0.5
+        for w in list(self.workers.values()):
+            if w.state == "dead":
+                continue
+            if w.eof_deadline is not None and now >= w.eof_deadline:
+                w.eof_deadline = now + _EOF_GRACE
+                self._kill(w)
+            if timeout is not None and w.kill_reason is None:
+                running = self._running_item(w)
+                if running is not None and running[1] >= 0 and now - running[2] >= timeout:
+                    w.kill_reason = ("timeout", running[0], running[1])
+                    self._kill(w)
+
+    def _kill(self, w: _Worker, sig: int = signal.SIGKILL) -> None:
+        try:
+            os.kill(w.pid, sig)
+        except (ProcessLookupError, PermissionError, TypeError):
+            pass
+
+    def _reap(self, w: _Worker) -> None:
+        """The worker's sentinel fired: settle every batch it held."""
+        if w.state == "dead":
+            return
+        # Read what it sent before dying: results delivered are not re-run.
+        if w.eof_deadline is None:
+            self._read_worker(w)
+        previous_state = w.state
+        w.state = "dead"
+        w.process.join(1.0)  # the sentinel is ready: this only reads the status
+        exitcode = w.process.exitcode
+        self.selector.unregister(w.sentinel)
+        if w.eof_deadline is None:
+            try:
+                self.selector.unregister(w.end.fd)
+            except (KeyError, ValueError):
+                pass
+        running = self._running_item(w)
+        w.end.close()
+        try:
+            w.process.close()
+        except ValueError:
+            pass
+        orderly = previous_state in ("exiting", "retiring") and exitcode == 0 and not w.assigned
+        if not orderly and self.state != "terminating":
+            self.crashes += 1
+        requeue: list[Batch] = []
+        for batch in w.assigned:
+            self.inflight.pop(batch.id, None)
+            if running is None or running[0] != batch.id:
+                requeue.append(batch)
+                continue
+            item = running[1]
+            n = len(batch.targets)
+            if w.kill_reason is not None and w.kill_reason[1] == batch.id:
+                item = w.kill_reason[2]
+            if item < 0 and n > 1:
+                # Died while (un)pickling the batch as a whole: the culprit is
+                # unknown, so run its items one by one to find it.
+                for k in range(n):
+                    requeue.append(self._subset(batch, [k]))
+                continue
+            item = max(item, 0)
+            job, index = batch.targets[item]
+            others = [k for k in range(n) if k != item]
+            if others:
+                requeue.append(self._subset(batch, others))
+            self._settle_culprit(w, batch, item, exitcode)
+        w.assigned.clear()
+        for b in reversed(requeue):
+            self.pending.appendleft(b)
+        if previous_state in ("starting", "init_failed") and not w.ever_ran and self.state != "terminating":
+            if previous_state == "init_failed" or exitcode != 0:
+                reason = self._last_init_error if previous_state == "init_failed" else (
+                    f"the worker (pid {w.pid}) died while starting, exit code {exitcode}")
+                self._start_failed(reason)
+        if self.state in ("running", "closing") and self.broken is None and previous_state != "exiting":
+            if self.workers.get(w.slot_id) is w:
+                self.restarts += 1
+                self._start_worker(w.slot_id)
+        elif self.workers.get(w.slot_id) is w:
+            del self.workers[w.slot_id]
+
+    def _settle_culprit(self, w: _Worker, batch: Batch, item: int, exitcode) -> None:
+        job, index = batch.targets[item]
+        reason = w.kill_reason
+        what = job.describe(index)
+        if reason is not None and reason[0] == "timeout" and reason[1] == batch.id:
+            self._deliver(job, index, False, TaskTimeoutError(self.config.task_timeout, task=what, pid=w.pid))
+            return
+        if reason is not None and reason[0] == "cancel" and reason[1] == batch.id:
+            self._deliver(job, index, False, concurrent.futures.CancelledError(f"{what} was cancelled while running"))
+            return
+        if self.state == "terminating":
+            return  # _terminate already failed everything outstanding
+        if batch.attempts < self.config.retries:
+            retry = self._subset(batch, [item])
+            retry.attempts = batch.attempts + 1
+            self.pending.appendleft(retry)
+            return
+        cause = _oom_hint(exitcode)
+        self._deliver(job, index, False, WorkerCrashedError(w.pid, exitcode, task=what, cause=cause, attempts=batch.attempts + 1))
+
+    def _start_failed(self, reason: str) -> None:
+        self._init_failures += 1
+        self._last_init_error = reason
+        if self._init_failures >= _INIT_FAILURES:
+            self._break(WorkerInitError(reason, attempts=self._init_failures))
+
+    def _break(self, exc: BaseException) -> None:
+        """Stop starting workers; pending and later tasks fail with ``exc``."""
+        self.broken = exc
+        pending, self.pending = self.pending, collections.deque()
+        for b in pending:
+            self._fail_batch(b, exc)
+
+    def _maybe_retire_idle(self) -> None:
+        """When closing and all work is done, ask the workers to leave in order."""
+        if self.state != "closing" or self.pending or self.inflight:
+            return
+        for w in self.workers.values():
+            if w.state in ("starting", "ready", "init_failed") and w.eof_deadline is None:
+                w.state = "exiting"
+                w.end.queue(encode(("exit",)))
+                self._want_write(w)
+
+    def _finished(self) -> bool:
+        if self.state == "closing":
+            if self.broken is not None and not self.inflight:
+                # nothing can run any more: make the workers leave
+                for w in self.workers.values():
+                    if w.state != "dead":
+                        self._kill(w)
+            return not self.workers and not self.pending and not self.inflight
+        if self.state == "terminating":
+            return not self.workers
+        return False
+
+    # ------------------------------------------------------------------
+    # Shutdown
+
+    def _terminate(self, reason: str) -> None:
+        if self.state == "terminating":
+            return
+        self.state = "terminating"
+        self._fail_everything(SharkcageError(f"{reason} before this task finished"))
+        for w in self.workers.values():
+            if w.state != "dead":
+                self._kill(w, signal.SIGTERM)
+        # Workers that ignore SIGTERM get SIGKILL after a short grace period
+        # (see _check_deadlines), so terminate() never waits on a task.
+        self._term_deadline = time.monotonic() + _TERM_GRACE
+
+    def _fail_everything(self, exc: BaseException) -> None:
+        pending, self.pending = self.pending, collections.deque()
+        for b in pending:
+            self._fail_batch(b, exc)
+        for _w, b in list(self.inflight.values()):
+            self._fail_batch(b, exc)
+        self.inflight.clear()
+        for w in self.workers.values():
+            w.assigned.clear()
+
+    def _kill_all(self, grace: float) -> None:
+        for w in list(self.workers.values()):
+            if w.state != "dead":
+                self._kill(w)
+                try:
+                    w.process.join(2.0)
+                except Exception:
+                    pass
+
+    def _shutdown_resources(self) -> None:
+        for w in list(self.workers.values()):
+            try:
+                w.end.close()
+            except Exception:
+                pass
+        self.workers.clear()
+        try:
+            self.selector.close()
+        except Exception:
+            pass
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.callbacks.stop()
+        self.done.set()
+
+
+def _oom_hint(exitcode) -> str | None:
+    """A likely cause for a SIGKILL: the cgroup's OOM killer, when it says so."""
+    if exitcode != -signal.SIGKILL:
+        return None
+    for path in _OOM_FILES:
+        count = _oom_counts(path)
+        if count is not None and count > _OOM_BASELINE.get(path, 0):
+            _OOM_BASELINE[path] = count
+            return "the kernel's OOM killer (the cgroup's memory.events counts a new oom_kill): the task used too much memory"
+    return "SIGKILL from outside this pool (another process, or the OOM killer)"
+
+
+_OOM_BASELINE: dict[str, int] = {}
+_OOM_FILES = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
+
+
+def _oom_counts(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key in ("oom_kill",) and value.strip().isdigit():
+            return int(value)
+    return None
+
+
+def _read_oom_baseline() -> None:
+    """Remember the OOM-kill counters at pool start, so only new kills count."""
+    for path in _OOM_FILES:
+        if path not in _OOM_BASELINE:
+            count = _oom_counts(path)
+            if count is not None:
+                _OOM_BASELINE[path] = count

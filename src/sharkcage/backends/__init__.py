@@ -1,0 +1,24 @@
+"""Backends: where a pool's tasks run, behind one small interface.
+
+The facades (:class:`sharkcage.Pool`, :class:`sharkcage.ProcessPoolExecutor`)
+speak only :class:`Backend`; ``local`` is the supervised engine of
+``sharkcage._engine``. Remote engines (Dask, Ray) plug in here without
+touching the facades.
+"""
+
+from sharkcage.backends.base import Backend
+from sharkcage.backends.local import make_local_backend
+
+__all__ = ["Backend", "make_local_backend", "create_backend"]
+
+
+def create_backend(name: str, **options) -> Backend:
+    """The backend called ``name``; a clear error for an unknown one."""
+    if name == "local":
+        return make_local_backend(**options)
+    if name in ("dask", "ray"):
+        raise ValueError(
+            f"backend={name!r} is not available in this version of sharkcage; "
+            "use backend='local' (the default)"
+        )
+    raise ValueError(f"unknown backend {name!r}; choose 'local'")

@@ -1,0 +1,90 @@
+"""The local backend: validate the pool's options and start a Supervisor."""
+
+from __future__ import annotations
+
+import atexit
+import numbers
+import os
+import threading
+import weakref
+
+from sharkcage._engine import start
+from sharkcage._engine.supervisor import PoolConfig, Supervisor
+
+_live: "weakref.WeakSet[Supervisor]" = weakref.WeakSet()
+_counter = 0
+_counter_lock = threading.Lock()
+
+
+def _positive_int(name: str, value, allow_none: bool = True):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, not {value!r}")
+    return int(value)
+
+
+def _positive_number(name: str, value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds/bytes or None, not {value!r}")
+    return value
+
+
+def make_local_backend(
+    *,
+    processes=None,
+    initializer=None,
+    initargs=(),
+    finalizer=None,
+    maxtasksperchild=None,
+    context=None,
+    start_method=None,
+    task_timeout=None,
+    max_memory_per_worker=None,
+    retries=0,
+    allow_unsafe_fork=False,
+) -> Supervisor:
+    """Validate everything the user passed, then start the engine."""
+    global _counter
+    if processes is None:
+        processes = os.cpu_count() or 1
+    if isinstance(processes, bool) or not isinstance(processes, numbers.Integral) or processes < 1:
+        raise ValueError(f"Number of processes must be at least 1, not {processes!r}")
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be a callable")
+    if finalizer is not None and not callable(finalizer):
+        raise TypeError("finalizer must be a callable")
+    if isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0:
+        raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
+    try:
+        initargs = tuple(initargs)
+    except TypeError:
+        raise TypeError(f"initargs must be a tuple of arguments, not {initargs!r}") from None
+    context, method = start.resolve_context(start_method, context)
+    with _counter_lock:
+        _counter += 1
+        name = f"pool{_counter}"
+    config = PoolConfig(
+        int(processes), context, method,
+        initializer=initializer, initargs=initargs, finalizer=finalizer,
+        maxtasksperchild=_positive_int("maxtasksperchild", maxtasksperchild),
+        task_timeout=_positive_number("task_timeout", task_timeout),
+        max_memory_per_worker=_positive_number("max_memory_per_worker", max_memory_per_worker),
+        retries=int(retries), allow_unsafe_fork=bool(allow_unsafe_fork), name=name,
+    )
+    sup = Supervisor(config)
+    _live.add(sup)
+    return sup
+
+
+@atexit.register
+def _terminate_all() -> None:
+    """At interpreter exit, stop every pool still running (before
+    multiprocessing's own exit handler joins the children)."""
+    sups = [s for s in list(_live) if not s.done.is_set()]
+    for s in sups:
+        s.terminate("the interpreter is exiting")
+    for s in sups:
+        s.join(2.0)

@@ -1,0 +1,232 @@
+"""``sharkcage.Pool``: ``multiprocessing.Pool`` without the sharks.
+
+Same signature first, same methods, same semantics — plus a crash, a
+timeout or an unpicklable result failing only its own task, with a clear
+error, and a pool that never hangs.
+
+>>> from sharkcage import Pool
+>>> with Pool(2) as pool:
+...     pool.map(abs, [-1, -2, 3])
+[1, 2, 3]
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Callable, Iterable
+
+from sharkcage._engine import batching, serialize
+from sharkcage._engine.worker import CALL, MAP, STARMAP
+from sharkcage.backends import create_backend
+from sharkcage.results import AsyncResult, IMapIterator, MapResult
+
+_RUN = "RUN"
+_CLOSE = "CLOSE"
+_TERMINATE = "TERMINATE"
+
+_FEEDER_FACTOR = 2  # imap keeps at most this many chunks per worker in flight
+
+
+def _fn_name(func) -> str:
+    return serialize.callable_name(func)
+
+
+def _per_call(func) -> bool:
+    """Plain functions are cached per pool; other callables per call (their
+    state may change between calls)."""
+    import types
+
+    return not isinstance(func, (types.FunctionType, types.BuiltinFunctionType, type))
+
+
+class Pool:
+    """A process pool with the API of ``multiprocessing.Pool``.
+
+    ``processes``, ``initializer``, ``initargs``, ``maxtasksperchild`` and
+    ``context`` mean what they mean in the stdlib. Keyword-only extras:
+
+    * ``start_method`` — ``"forkserver"`` (default where available: a clean
+      server that preloads what the parent imported), ``"spawn"``, or
+      ``"fork"`` (refused while other threads run: :class:`UnsafeForkError`,
+      unless ``allow_unsafe_fork=True``).
+    * ``task_timeout`` — seconds a task may run; past it the worker is killed
+      and replaced and that task fails with :class:`TaskTimeoutError`.
+    * ``max_memory_per_worker`` — bytes of RSS after which a worker is
+      recycled (after its current task).
+    * ``retries`` — fresh attempts for a task whose worker crashed.
+    * ``finalizer`` — ``finalizer(state)`` runs on orderly worker exit.
+
+    >>> from sharkcage import Pool
+    >>> with Pool(2, task_timeout=60) as pool:
+    ...     pool.starmap(pow, [(2, 3), (3, 2)])
+    [8, 9]
+    """
+
+    def __init__(
+        self,
+        processes: int | None = None,
+        initializer: Callable | None = None,
+        initargs: Iterable = (),
+        maxtasksperchild: int | None = None,
+        context=None,
+        *,
+        start_method: str | None = None,
+        task_timeout: float | None = None,
+        max_memory_per_worker: int | None = None,
+        progress: bool = False,
+        backend: str = "local",
+        retries: int = 0,
+        finalizer: Callable | None = None,
+        allow_unsafe_fork: bool = False,
+    ):
+        self._state = _RUN
+        self._progress = progress
+        self._backend = create_backend(
+            backend,
+            processes=processes, initializer=initializer, initargs=initargs, finalizer=finalizer,
+            maxtasksperchild=maxtasksperchild, context=context, start_method=start_method,
+            task_timeout=task_timeout, max_memory_per_worker=max_memory_per_worker,
+            retries=retries, allow_unsafe_fork=allow_unsafe_fork,
+        )
+        self._processes = self._backend.config.processes
+        # A pool that is garbage-collected without close()/terminate() is
+        # terminated, like the stdlib's, and never leaves workers behind.
+        self._finalizer = weakref.finalize(self, _finalize_backend, self._backend)
+
+    # ------------------------------------------------------------------
+    def _check_running(self) -> None:
+        if self._state != _RUN:
+            raise ValueError("Pool not running")
+
+    def _fn(self, func) -> int:
+        if not callable(func):
+            raise TypeError(f"{func!r} is not callable")
+        return self._backend.register_function(func, per_call=_per_call(func))
+
+    def _chunksize(self, n: int, chunksize) -> int:
+        if chunksize is None:
+            chunksize, extra = divmod(n, self._processes * 4)
+            if extra:
+                chunksize += 1
+            return max(1, chunksize)
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize!r}")
+        return chunksize
+
+    # ------------------------------------------------------------------
+    # apply
+
+    def apply(self, func: Callable, args: Iterable = (), kwds: dict | None = None) -> Any:
+        """Call ``func(*args, **kwds)`` in a worker and return its result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(self, func: Callable, args: Iterable = (), kwds: dict | None = None,
+                    callback: Callable | None = None, error_callback: Callable | None = None) -> AsyncResult:
+        """Like ``apply`` but returns an :class:`AsyncResult` at once.
+
+        An argument that cannot be pickled raises :class:`SerializationError` here.
+        """
+        self._check_running()
+        fn_id = self._fn(func)
+        job = AsyncResult(self._backend, f"apply({_fn_name(func)})", callback, error_callback)
+        batch = batching.single(job, fn_id, CALL, (tuple(args), dict(kwds or {})))
+        self._backend.submit([batch])
+        return job
+
+    # ------------------------------------------------------------------
+    # map
+
+    def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
+        """``list(map(func, iterable))``, in parallel; raises the first failure."""
+        return self._map_async(func, iterable, chunksize, MAP, "map").get()
+
+    def starmap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
+        """Like ``map`` with ``func(*item)`` for each item."""
+        return self._map_async(func, iterable, chunksize, STARMAP, "starmap").get()
+
+    def map_async(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
+                  callback: Callable | None = None, error_callback: Callable | None = None) -> MapResult:
+        """Like ``map`` but returns a :class:`MapResult` at once."""
+        return self._map_async(func, iterable, chunksize, MAP, "map", callback, error_callback)
+
+    def starmap_async(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
+                      callback: Callable | None = None, error_callback: Callable | None = None) -> MapResult:
+        """Like ``starmap`` but returns a :class:`MapResult` at once."""
+        return self._map_async(func, iterable, chunksize, STARMAP, "starmap", callback, error_callback)
+
+    def _map_async(self, func, iterable, chunksize, kind, verb, callback=None, error_callback=None) -> MapResult:
+        self._check_running()
+        fn_id = self._fn(func)
+        items = iterable if isinstance(iterable, list) else list(iterable)
+        size = self._chunksize(len(items), chunksize)
+        job = MapResult(self._backend, f"{verb}({_fn_name(func)})", len(items), callback, error_callback)
+        batches = []
+        for first, chunk in batching.chunks(items, size):
+            batch, _ = batching.pickle_chunk(chunk, job, first, fn_id, kind, raise_errors=True)
+            batches.append(batch)
+        if batches:
+            self._backend.submit(batches)
+        return job
+
+    # ------------------------------------------------------------------
+    # imap
+
+    def imap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> IMapIterator:
+        """Lazy ``map``: results in order, as they come; input consumed lazily."""
+        return self._imap(func, iterable, chunksize, True)
+
+    def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> IMapIterator:
+        """Lazy ``map``: results in completion order; input consumed lazily."""
+        return self._imap(func, iterable, chunksize, False)
+
+    def _imap(self, func, iterable, chunksize, ordered: bool, kind: int = MAP) -> IMapIterator:
+        self._check_running()
+        fn_id = self._fn(func)
+        size = 1 if chunksize is None else self._chunksize(0, chunksize)
+        verb = "imap" if ordered else "imap_unordered"
+        job = IMapIterator(self._backend, f"{verb}({_fn_name(func)})", ordered)
+        limit = _FEEDER_FACTOR * self._processes * size + self._processes
+        batching.Feeder(self._backend, job, iterable, fn_id, kind, size, limit)
+        return job
+
+    # ------------------------------------------------------------------
+    # lifecycle
+
+    def close(self) -> None:
+        """No more tasks; workers leave once the submitted ones are done."""
+        if self._state == _RUN:
+            self._state = _CLOSE
+            self._backend.close()
+
+    def terminate(self) -> None:
+        """Stop now: kill the workers; outstanding results fail with SharkcageError."""
+        self._state = _TERMINATE
+        self._backend.terminate()
+        self._backend.join(5.0)
+
+    def join(self) -> None:
+        """Wait for the workers to leave (after ``close()`` or ``terminate()``)."""
+        if self._state == _RUN:
+            raise ValueError("Pool is still running")
+        self._backend.join()
+
+    def __enter__(self) -> "Pool":
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.terminate()
+
+    def __reduce__(self):
+        raise NotImplementedError(
+            "pool objects cannot be passed between processes or pickled; "
+            "create the pool inside the task instead (nested pools work)"
+        )
+
+    def __repr__(self) -> str:
+        return f"<sharkcage.Pool state={self._state} processes={self._processes}>"
+
+
+def _finalize_backend(backend) -> None:
+    if not backend.done.is_set():
+        backend.terminate("the pool was garbage-collected")

@@ -1,0 +1,332 @@
+"""Result objects: the stdlib's ``AsyncResult``/``MapResult``/``IMapIterator``
+with sharkcage's guarantees, and the sink that feeds ``concurrent.futures.Future``.
+
+Every wait here has a way out: the outcome, the caller's timeout, or the
+pool stopping (terminate, a broken pool, even a failed supervisor) — then the
+wait raises :class:`SharkcageError` instead of blocking forever. Ctrl-C in a
+wait stops the pool (guarantee 8) and re-raises ``KeyboardInterrupt``.
+
+>>> from sharkcage import Pool
+>>> with Pool(1) as pool:
+...     r = pool.apply_async(pow, (2, 10))
+...     r.get(timeout=30)
+1024
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import multiprocessing
+import threading
+import time
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED
+
+from sharkcage._engine.jobs import Job
+from sharkcage.errors import SharkcageError
+
+_SLICE = 0.25  # seconds between checks that the pool is still there
+
+
+def wait_for(event: threading.Event, timeout: float | None, backend) -> bool:
+    """Wait for ``event``; False on timeout; SharkcageError if the pool is gone."""
+    deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+    try:
+        while True:
+            remaining = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+            if remaining <= 0:
+                return event.is_set()
+            if event.wait(remaining):
+                return True
+            if backend.done.is_set() and not event.is_set():
+                # The supervisor settles every outcome before it stops; give
+                # the callback thread a moment, then say what happened.
+                if event.wait(1.0):
+                    return True
+                raise SharkcageError("the pool stopped before this task finished")
+    except KeyboardInterrupt:
+        backend.terminate("the pool was stopped by KeyboardInterrupt")
+        backend.join(2.0)
+        raise
+
+
+class AsyncResult(Job):
+    """The outcome of ``apply_async`` (and the base of ``MapResult``).
+
+    Same API as ``multiprocessing.pool.AsyncResult``, plus :meth:`cancel`.
+
+    >>> from sharkcage import Pool
+    >>> with Pool(1) as pool:
+    ...     r = pool.apply_async(divmod, (7, 2))
+    ...     r.wait(30); r.ready(), r.successful(), r.get()
+    (True, True, (3, 1))
+    """
+
+    __slots__ = ("_event", "_ok", "_value", "_callback", "_error_callback", "_backend", "_lock")
+
+    def __init__(self, backend, name: str, callback=None, error_callback=None, kind: str = "apply"):
+        super().__init__(name, kind)
+        self._backend = backend
+        self._event = threading.Event()
+        self._ok = None
+        self._value = None
+        self._callback = callback
+        self._error_callback = error_callback
+        self._lock = threading.Lock()
+
+    # -- stdlib API ---------------------------------------------------------
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return bool(self._ok)
+
+    def wait(self, timeout: float | None = None) -> None:
+        wait_for(self._event, timeout, self._backend)
+
+    def get(self, timeout: float | None = None):
+        if not wait_for(self._event, timeout, self._backend):
+            raise multiprocessing.TimeoutError
+        if self._ok:
+            return self._value
+        raise self._value
+
+    # -- sharkcage ----------------------------------------------------------
+    def cancel(self) -> bool:
+        """Stop the task: drop it if pending, kill and replace its worker if running.
+
+        Returns True when the task was stopped, False when it had already
+        finished. Afterwards :meth:`cancelled` is True and :meth:`get` raises
+        ``concurrent.futures.CancelledError``.
+        """
+        with self._lock:
+            if self._event.is_set():
+                return False
+            self.cancel_requested = True
+        self._settle(False, concurrent.futures.CancelledError(f"{self.describe(0)} was cancelled"))
+        self._backend.cancel(self)
+        return True
+
+    def cancelled(self) -> bool:
+        return self.cancel_requested
+
+    def __await__(self):
+        import asyncio
+
+        return asyncio.get_running_loop().run_in_executor(None, self.get).__await__()
+
+    # -- engine side ----------------------------------------------------------
+    def deliver(self, index: int, ok: bool, value) -> None:
+        with self._lock:
+            if self._event.is_set() or self._ok is not None:
+                return  # first outcome wins (a cancel, a terminate)
+            self._ok = ok
+        self._settle(ok, value)
+
+    def _settle(self, ok: bool, value) -> None:
+        self._ok = ok
+        self._value = value
+        cb = self._callback if ok else self._error_callback
+        if cb is not None and not isinstance(value, concurrent.futures.CancelledError):
+            self._backend.callbacks.call(self._run_callback, cb, value)
+        else:
+            self._event.set()
+
+    def _run_callback(self, cb, value) -> None:
+        try:
+            cb(value)
+        finally:
+            self._event.set()
+
+
+# the stdlib's name for it
+ApplyResult = AsyncResult
+
+
+class MapResult(AsyncResult):
+    """The outcome of ``map_async``/``starmap_async``: a list, or the first failure.
+
+    As in the stdlib, the result is ready once every task has finished; then
+    ``get()`` returns the list or raises the first failure.
+    """
+
+    __slots__ = ("_values", "_left", "_first_error")
+
+    def __init__(self, backend, name: str, length: int, callback=None, error_callback=None):
+        super().__init__(backend, name, callback, error_callback, kind="map")
+        self._values = [None] * length
+        self._left = length
+        self._first_error = None
+        if length == 0:
+            self._ok = True
+            self._settle(True, [])
+
+    def deliver(self, index: int, ok: bool, value) -> None:
+        with self._lock:
+            if self._event.is_set() or self._ok is not None or self._values is None:
+                return
+            if ok:
+                self._values[index] = value
+            elif self._first_error is None:
+                self._first_error = value
+            self._left -= 1
+            if self._left:
+                return
+            self._ok = self._first_error is None
+            value = self._values if self._ok else self._first_error
+        self._settle(self._ok, value)
+
+
+class IMapIterator(Job):
+    """The iterator of ``imap``/``imap_unordered`` (and of executor ``map``).
+
+    Results are delivered one by one; a failed item raises at its own
+    position (``imap``) or when it arrives (``imap_unordered``), and
+    iteration goes on after it. ``next(timeout)`` raises
+    ``multiprocessing.TimeoutError`` like the stdlib.
+    """
+
+    __slots__ = ("_backend", "_cond", "_ordered", "_results", "_next_index", "_yielded", "_total",
+                 "_arrived", "_feeder_stop", "_on_consume")
+
+    def __init__(self, backend, name: str, ordered: bool):
+        super().__init__(name, kind="imap" if ordered else "imap_unordered")
+        self._backend = backend
+        self._cond = threading.Condition(threading.Lock())
+        self._ordered = ordered
+        self._results: dict[int, tuple[bool, object]] = {}
+        self._arrived: collections.deque = collections.deque()
+        self._next_index = 0
+        self._yielded = 0
+        self._total: int | None = None  # known once the input is exhausted
+        self._feeder_stop = False
+        self._on_consume = None
+
+    def describe(self, index: int) -> str:
+        return f"item {index} of {self.name}"
+
+    # -- engine / feeder side ---------------------------------------------------
+    def deliver(self, index: int, ok: bool, value) -> None:
+        with self._cond:
+            if self._ordered:
+                if index in self._results or index < self._next_index:
+                    return
+                self._results[index] = (ok, value)
+            else:
+                self._arrived.append((ok, value))
+            self._cond.notify_all()
+
+    def set_total(self, total: int) -> None:
+        with self._cond:
+            self._total = total
+            self._cond.notify_all()
+
+    def consumed(self) -> int:
+        return self._yielded
+
+    # -- consumer side ---------------------------------------------------------
+    def __iter__(self):
+        return self
+
+    def next(self, timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backend = self._backend
+        with self._cond:
+            while True:
+                if self._ordered:
+                    hit = self._results.pop(self._next_index, None)
+                    if hit is not None:
+                        self._next_index += 1
+                        break
+                elif self._arrived:
+                    hit = self._arrived.popleft()
+                    break
+                if self._total is not None and self._yielded >= self._total:
+                    raise StopIteration
+                remaining = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+                if remaining <= 0:
+                    raise multiprocessing.TimeoutError
+                try:
+                    self._cond.wait(remaining)
+                except KeyboardInterrupt:
+                    self._cond.release()
+                    try:
+                        backend.terminate("the pool was stopped by KeyboardInterrupt")
+                        backend.join(2.0)
+                    finally:
+                        self._cond.acquire()
+                    raise
+                if backend.done.is_set() and not self._results and not self._arrived:
+                    if self._total is not None and self._yielded >= self._total:
+                        raise StopIteration
+                    raise SharkcageError("the pool stopped before this iteration finished")
+            self._yielded += 1
+        if self._on_consume is not None:
+            self._on_consume()
+        ok, value = hit
+        if ok:
+            return value
+        raise value
+
+    __next__ = next
+
+    def __del__(self):
+        self._feeder_stop = True
+
+
+class FutureJob(Job):
+    """Feeds one ``concurrent.futures.Future`` (executor ``submit``)."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: concurrent.futures.Future, name: str):
+        super().__init__(name, kind="submit")
+        self.future = future
+
+    def is_cancelled(self, index: int) -> bool:
+        return self.cancel_requested or self.future.cancelled()
+
+    def start(self, index: int) -> bool:
+        fut = self.future
+        if self.cancel_requested:
+            return False
+        if fut.running():  # handed out again after its worker died
+            return True
+        try:
+            return fut.set_running_or_notify_cancel()
+        except RuntimeError:  # finished meanwhile (a forced cancel)
+            return False
+
+    def deliver(self, index: int, ok: bool, value) -> None:
+        fut = self.future
+        if fut.done():
+            return
+        try:
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        except concurrent.futures.InvalidStateError:
+            pass  # cancelled meanwhile: the first outcome wins
+
+
+def force_cancel(future: concurrent.futures.Future) -> bool:
+    """Cancel a future even if it is running (``executor.cancel``).
+
+    ``Future.cancel()`` refuses running futures by design; this does what
+    ``cancel()`` + ``set_running_or_notify_cancel()`` would, under the
+    future's own condition, so waiters (``wait``, ``as_completed``) wake up.
+    """
+    with future._condition:
+        if future._state == FINISHED:
+            return False
+        if future._state in ("CANCELLED", CANCELLED_AND_NOTIFIED):
+            return True
+        future._state = CANCELLED_AND_NOTIFIED
+        for waiter in future._waiters:
+            waiter.add_cancelled(future)
+        future._condition.notify_all()
+    future._invoke_callbacks()
+    return True
