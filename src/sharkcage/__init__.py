@@ -26,6 +26,7 @@ from sharkcage.errors import (
 )
 
 from sharkcage._engine.worker import worker_info, worker_state
+from sharkcage.executor import ProcessPoolExecutor
 from sharkcage.pool import Pool
 from sharkcage.results import AsyncResult, IMapIterator, MapResult
 
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Pool",
+    "ProcessPoolExecutor",
     "AsyncResult",
     "MapResult",
     "IMapIterator",

@@ -81,6 +81,7 @@ class Feeder:
         self.cond = threading.Condition()
         self.stopped = False
         job._on_consume = self.wake
+        backend.feeder_started()
         self.thread = mark_own_thread(threading.Thread(target=self._run, name="sharkcage-feeder", daemon=True))
         self.thread.start()
 
@@ -120,7 +121,7 @@ class Feeder:
                         job.deliver(i, False, err)
                     if batch is not None:
                         try:
-                            self.backend.submit([batch])
+                            self.backend.submit([batch], from_feeder=True)
                         except ValueError:  # pool closed under us: those items fail, nothing hangs
                             for j, i in batch.targets:
                                 j.deliver(i, False, _closed_error())
@@ -139,6 +140,8 @@ class Feeder:
             if job is not None:
                 job.deliver(index, False, e)
                 job.set_total(index + 1)
+        finally:
+            self.backend.feeder_finished()
 
 
 def _closed_error():

@@ -170,6 +170,7 @@ class Supervisor:
         self._fn_cache: dict[int, tuple[int, Any, bytes]] = {}
         self._fn_bytes: dict[int, bytes] = {}
         self._next_fn = 0
+        self._feeders = 0
         self._next_batch = 0
         self.pending: collections.deque[Batch] = collections.deque()
         self.inflight: dict[int, tuple[_Worker, Batch]] = {}
@@ -247,18 +248,31 @@ class Supervisor:
                 self._fn_cache[key] = (fn_id, fn, data)
             return fn_id
 
-    def submit(self, batches: list[Batch]) -> None:
+    def submit(self, batches: list[Batch], from_feeder: bool = False) -> None:
+        """Hand batches over. Feeders of calls made before close() may go on
+        submitting after it, as the stdlib's imap does."""
         if self.broken is not None:
             for b in batches:
                 for job, index in b.targets:
                     job.deliver(index, False, self.broken)
             return
-        if self.state != "running":
+        if self.state != "running" and not (from_feeder and self.state == "closing"):
             raise ValueError("Pool not running")
         self._command("submit", batches)
 
-    def cancel(self, job: Job) -> None:
-        self._command("cancel", job)
+    def feeder_started(self) -> None:
+        with self._fn_lock:
+            self._feeders += 1
+
+    def feeder_finished(self) -> None:
+        with self._fn_lock:
+            self._feeders -= 1
+        self._command("wake")
+
+    def cancel(self, job: Job, running: bool = True) -> None:
+        """Drop the job's pending tasks; with ``running``, also kill (and
+        replace) the workers running its tasks."""
+        self._command("cancel", job, running)
 
     def close(self) -> None:
         self._command("close")
@@ -325,10 +339,14 @@ class Supervisor:
         for w in self.workers.values():
             if w.eof_deadline is not None:
                 deadlines.append(w.eof_deadline)
-            if timeout is not None and w.state != "dead" and w.kill_reason is None:
+            if timeout is not None and w.state != "dead" and w.kill_reason is None and w.assigned:
                 running = self._running_item(w)
-                if running is not None:
+                if running is not None and running[1] >= 0:
                     deadlines.append(running[2] + timeout)
+                else:
+                    # Handed over but not started yet: the worker sends no
+                    # message when a task starts, so look again shortly.
+                    deadlines.append(now + min(0.02, timeout / 4))
         if self.state == "terminating":
             deadlines.append(now + 0.05)
         if not deadlines:
@@ -368,14 +386,14 @@ class Supervisor:
                         b.id = self._next_batch
                     self.pending.extend(cmd[1])
             elif tag == "cancel":
-                self._cancel(cmd[1])
+                self._cancel(cmd[1], cmd[2])
             elif tag == "close":
                 if self.state == "running":
                     self.state = "closing"
             elif tag == "terminate":
                 self._terminate(cmd[1])
 
-    def _cancel(self, job: Job) -> None:
+    def _cancel(self, job: Job, running: bool) -> None:
         """Drop the job's pending items; kill the worker of a running one."""
         if any(job is j for b in self.pending for j, _ in b.targets):
             kept = collections.deque()
@@ -386,6 +404,7 @@ class Supervisor:
                         continue
                 kept.append(b)
             self.pending = kept
+        kill_running = running
         for w in list(self.workers.values()):
             if w.state == "dead":
                 continue
@@ -395,7 +414,7 @@ class Supervisor:
                     continue
                 if running is not None and running[0] == b.id:
                     item = running[1]
-                    if 0 <= item < len(b.targets) and b.targets[item][0] is job:
+                    if kill_running and 0 <= item < len(b.targets) and b.targets[item][0] is job:
                         if w.kill_reason is None:
                             w.kill_reason = ("cancel", b.id, item)
                             self._kill(w)
@@ -834,7 +853,7 @@ class Supervisor:
 
     def _maybe_retire_idle(self) -> None:
         """When closing and all work is done, ask the workers to leave in order."""
-        if self.state != "closing" or self.pending or self.inflight:
+        if self.state != "closing" or self.pending or self.inflight or self._feeders:
             return
         for w in self.workers.values():
             if w.state in ("starting", "ready", "init_failed") and w.eof_deadline is None:
@@ -849,7 +868,7 @@ class Supervisor:
                 for w in self.workers.values():
                     if w.state != "dead":
                         self._kill(w)
-            return not self.workers and not self.pending and not self.inflight
+            return not self.workers and not self.pending and not self.inflight and not self._feeders
         if self.state == "terminating":
             return not self.workers
         return False

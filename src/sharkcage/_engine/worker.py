@@ -101,7 +101,7 @@ class _ForwardHandler(logging.Handler):
     def __init__(self, chan: WorkerEnd, lock: threading.Lock):
         super().__init__(logging.NOTSET)
         self.chan = chan
-        self.lock = lock
+        self.send_lock = lock
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -117,7 +117,7 @@ class _ForwardHandler(logging.Handler):
             except Exception:
                 d = {k: (v if isinstance(v, (str, int, float, type(None))) else repr(v)) for k, v in d.items()}
                 data = pickle.dumps(d, 5)
-            with self.lock:
+            with self.send_lock:
                 self.chan.send(("log", data))
         except Exception:
             self.handleError(record)

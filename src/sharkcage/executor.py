@@ -1,0 +1,171 @@
+"""``sharkcage.ProcessPoolExecutor``: ``concurrent.futures`` without the sharks.
+
+Returns real ``concurrent.futures.Future`` objects (``as_completed``,
+``wait`` and ``asyncio.wrap_future`` work). A crashed worker fails only its
+own future — the stdlib's executor breaks as a whole — and
+:meth:`ProcessPoolExecutor.cancel` can stop a running task.
+
+>>> from sharkcage import ProcessPoolExecutor
+>>> with ProcessPoolExecutor(max_workers=2) as ex:
+...     ex.submit(pow, 2, 5).result(timeout=30), list(ex.map(abs, [-1, -2]))
+(32, [1, 2])
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from typing import Any, Callable, Iterable, Iterator
+
+from sharkcage._engine import batching, serialize
+from sharkcage._engine.worker import CALL, STARMAP
+from sharkcage.backends import create_backend
+from sharkcage.pool import _FEEDER_FACTOR, _finalize_backend, _per_call
+from sharkcage.results import FutureJob, IMapIterator, force_cancel
+
+import weakref
+
+
+class ProcessPoolExecutor(concurrent.futures.Executor):
+    """A process pool with the API of ``concurrent.futures.ProcessPoolExecutor``.
+
+    ``max_workers``, ``mp_context``, ``initializer``, ``initargs`` and
+    ``max_tasks_per_child`` mean what they mean in the stdlib; the keyword
+    extras (``start_method``, ``task_timeout``, ``retries``, ...) are those
+    of :class:`sharkcage.Pool`.
+
+    >>> import concurrent.futures
+    >>> from sharkcage import ProcessPoolExecutor
+    >>> with ProcessPoolExecutor(2) as ex:
+    ...     fs = [ex.submit(abs, -n) for n in range(3)]
+    ...     sorted(f.result() for f in concurrent.futures.as_completed(fs, timeout=30))
+    [0, 1, 2]
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        mp_context=None,
+        initializer: Callable | None = None,
+        initargs: Iterable = (),
+        *,
+        max_tasks_per_child: int | None = None,
+        start_method: str | None = None,
+        task_timeout: float | None = None,
+        max_memory_per_worker: int | None = None,
+        progress: bool = False,
+        backend: str = "local",
+        retries: int = 0,
+        finalizer: Callable | None = None,
+        allow_unsafe_fork: bool = False,
+    ):
+        if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers <= 0):
+            raise ValueError("max_workers must be greater than 0")
+        self._shutdown = False
+        self._futures: "weakref.WeakSet[concurrent.futures.Future]" = weakref.WeakSet()
+        self._backend = create_backend(
+            backend,
+            processes=max_workers, initializer=initializer, initargs=initargs, finalizer=finalizer,
+            maxtasksperchild=max_tasks_per_child, context=mp_context, start_method=start_method,
+            task_timeout=task_timeout, max_memory_per_worker=max_memory_per_worker,
+            retries=retries, allow_unsafe_fork=allow_unsafe_fork,
+        )
+        self._max_workers = self._backend.config.processes
+        self._finalizer = weakref.finalize(self, _finalize_backend, self._backend)
+
+    def _check_open(self) -> None:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    def submit(self, fn: Callable, /, *args, **kwargs) -> concurrent.futures.Future:
+        """Schedule ``fn(*args, **kwargs)``; returns a ``concurrent.futures.Future``.
+
+        An argument that cannot be pickled raises :class:`SerializationError` here.
+        """
+        self._check_open()
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        fn_id = self._backend.register_function(fn, per_call=_per_call(fn))
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        job = FutureJob(future, f"submit({serialize.callable_name(fn)})")
+        future._sharkcage_job = job  # for cancel(); Future has a __dict__
+        batch = batching.single(job, fn_id, CALL, (args, kwargs))
+        self._backend.submit([batch])
+        self._futures.add(future)
+        return future
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
+            chunksize: int = 1) -> Iterator:
+        """Lazy ``map(fn, *iterables)`` over the pool, results in order.
+
+        Unlike the stdlib, the input is consumed lazily with a bounded number
+        of tasks in flight, so an infinite iterable works. ``timeout`` counts
+        from this call, as in the stdlib.
+        """
+        self._check_open()
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fn_id = self._backend.register_function(fn, per_call=_per_call(fn))
+        job = IMapIterator(self._backend, f"map({serialize.callable_name(fn)})", True)
+        limit = _FEEDER_FACTOR * self._max_workers * chunksize + self._max_workers
+        feeder = batching.Feeder(self._backend, job, zip(*iterables), fn_id, STARMAP, chunksize, limit)
+        return _results(job, feeder, deadline, self._backend)
+
+    def cancel(self, future: concurrent.futures.Future) -> bool:
+        """Stop a future's task: pending ones are dropped, a running one's worker
+        is killed and replaced. True when stopped, False if already finished."""
+        job = getattr(future, "_sharkcage_job", None)
+        if job is None:
+            raise ValueError("this future was not created by this executor")
+        if future.cancel():
+            return True
+        job.cancel_requested = True
+        if not force_cancel(future):
+            return False
+        self._backend.cancel(job)
+        return True
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As in the stdlib: no new work; optionally cancel pending futures; wait."""
+        self._shutdown = True
+        if cancel_futures:
+            for fut in list(self._futures):
+                fut.cancel()
+        self._backend.close()
+        if wait:
+            self._backend.join()
+
+    def __exit__(self, *exc_info) -> bool:
+        self.shutdown(wait=True)
+        return False
+
+    def __reduce__(self):
+        raise NotImplementedError("executor objects cannot be passed between processes or pickled")
+
+
+def _results(job: IMapIterator, feeder, deadline, backend) -> Iterator[Any]:
+    try:
+        while True:
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                raise TimeoutError()
+            try:
+                yield job.next(timeout)
+            except StopIteration:
+                return
+            except concurrent.futures.TimeoutError:
+                raise
+            except Exception as e:
+                import multiprocessing
+
+                if isinstance(e, multiprocessing.TimeoutError):
+                    raise TimeoutError() from None
+                raise
+    finally:
+        # Like the stdlib, leaving the iterator early cancels what is left.
+        feeder.stop()
+        job.cancel_requested = True
+        backend.cancel(job, running=False)

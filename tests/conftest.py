@@ -1,0 +1,122 @@
+"""Shared fixtures: every test must leave no process, fd, thread or /dev/shm entry behind.
+
+Hangs are sharkcage's failure mode, so every test has a timeout
+(pytest-timeout, see pyproject.toml) and an autouse fixture checks, after
+each test, that the children it started are gone: it waits a moment for
+them, kills what is left (so one leak never poisons the next test) and
+fails the test that leaked. A session-level fixture compares fds, threads
+and /dev/shm entries before and after the whole run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import psutil
+import pytest
+
+
+def _long_lived_pids() -> set[int]:
+    """Helpers the stdlib keeps for the whole interpreter: not leaks."""
+    pids = set()
+    try:
+        from multiprocessing import forkserver, resource_tracker
+
+        if forkserver._forkserver._forkserver_pid:
+            pids.add(forkserver._forkserver._forkserver_pid)
+        if resource_tracker._resource_tracker._pid:
+            pids.add(resource_tracker._resource_tracker._pid)
+    except Exception:
+        pass
+    return pids
+
+
+def _children() -> dict[int, psutil.Process]:
+    me = psutil.Process()
+    keep = _long_lived_pids()
+    out = {}
+    for p in me.children(recursive=True):
+        try:
+            if p.pid in keep or p.status() == psutil.STATUS_ZOMBIE and p.ppid() in keep:
+                continue
+            out[p.pid] = p
+        except psutil.Error:
+            continue
+    # children of the forkserver are ours too (workers), found by ancestry
+    for pid in keep:
+        try:
+            for p in psutil.Process(pid).children(recursive=True):
+                out[p.pid] = p
+        except psutil.Error:
+            pass
+    return out
+
+
+def leftover_children(before: set[int], wait: float = 3.0) -> list[psutil.Process]:
+    deadline = time.monotonic() + wait
+    while True:
+        left = [p for pid, p in _children().items() if pid not in before and _alive(p)]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _shm_entries() -> set[str]:
+    try:
+        return set(os.listdir("/dev/shm"))
+    except OSError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_children():
+    before = set(_children())
+    yield
+    left = leftover_children(before)
+    if left:
+        desc = []
+        for p in left:
+            try:
+                desc.append(f"{p.pid} {p.name()} {' '.join(p.cmdline())[:120]}")
+            except psutil.Error:
+                desc.append(str(p.pid))
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        pytest.fail("test left child processes behind:\n" + "\n".join(desc))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_leak_check():
+    fds_before = len(os.listdir("/proc/self/fd"))
+    shm_before = _shm_entries()
+    yield
+    # Threads: sharkcage's own threads end with their pools.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        threads = [t for t in threading.enumerate() if t.name.startswith("sharkcage")]
+        if not threads:
+            break
+        time.sleep(0.05)
+    assert not threads, f"sharkcage threads left running: {[t.name for t in threads]}"
+    shm_after = _shm_entries()
+    new_shm = shm_after - shm_before
+    assert not new_shm, f"/dev/shm entries left behind: {sorted(new_shm)}"
+    # fds: the forkserver's alive pipe and the resource tracker's pipe are
+    # opened once per interpreter; allow those few.
+    fds_after = len(os.listdir("/proc/self/fd"))
+    assert fds_after <= fds_before + 4, f"fd leak: {fds_before} fds before the session, {fds_after} after"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running soak and scale tests (run with -m slow)")
