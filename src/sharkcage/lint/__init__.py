@@ -14,9 +14,11 @@ fork rules, so those rules leave them alone.
 ... print(pool.map(abs, [-1, 2]))
 ... '''
 >>> for f in lint_source(code, "job.py"):
-...     print(f"{f.path}:{f.line}:{f.col}: {f.code} {f.message[:48]}")
-job.py:3:8: SC001 `Pool(...)` starts worker processes at import time
-job.py:3:8: SC010 `pool = Pool(4)` runs tasks but is never closed, 
+...     print(f"{f.path}:{f.line}:{f.col}: {f.code} {f.rule.name}")
+job.py:3:8: SC001 unguarded-pool
+job.py:3:8: SC010 pool-not-closed
+>>> print(f.hint)  # doctest: +ELLIPSIS
+sharkcage: `with sharkcage.Pool() as pool:` | stdlib: `with Pool() as pool:` ...
 
 The rule table is :data:`RULES`; see ``docs/lint.md`` for the seeds and fixes.
 """

@@ -11,9 +11,8 @@ Whenever a name cannot be resolved for sure, the answer is ``None`` and the
 rules stay quiet: the linter prefers missing a shark to crying wolf.
 
 >>> m = Model.from_source("import multiprocessing as mp\\npool = mp.get_context('spawn').Pool(2)\\n")
->>> call = m.module.calls[-1]
->>> m.value_of(call, m.module)
-Obj(kind='pool', flavor='stdlib', method='spawn')
+>>> [m.value_of(call, m.module) for call in m.module.calls]
+[Obj(kind='pool', flavor='stdlib', method='spawn'), Obj(kind='context', flavor='stdlib', method='spawn')]
 """
 
 from __future__ import annotations
@@ -440,6 +439,7 @@ class Model:
         self.in_main: set[int] = set()
         self._memo: dict[int, Obj | None] = {}
         self._parent_map: dict[int, ast.AST] | None = None
+        self.cache: dict[str, object] = {}  # facts the rules compute once per file
         builder = _Builder(self)
         for stmt in tree.body:
             builder.visit(stmt)

@@ -118,10 +118,28 @@ class ProcessCall:
     passed: list[ast.AST]
 
 
+def started_processes(m: Model) -> set[int]:
+    """The Process(...) calls whose object is started somewhere in the file (``p.start()``,
+    ``Process(...).start()``, ``for p in procs: p.start()``)."""
+    if "started" not in m.cache:
+        started = set()
+        for scope in m.scopes():
+            for call in scope.calls:
+                f = call.func
+                if isinstance(f, ast.Attribute) and f.attr == "start":
+                    obj = m.value_of(f.value, scope)
+                    if obj is not None and obj.kind == "process" and obj.node is not None:
+                        started.add(id(obj.node))
+        m.cache["started"] = started
+    return m.cache["started"]
+
+
 def process_calls(m: Model, scope: Scope) -> Iterator[ProcessCall]:
+    """Process creations whose process is started (an unstarted Process pickles nothing)."""
+    started = started_processes(m)
     for call in scope.calls:
         obj = m.value_of(call, scope)
-        if obj is None or obj.kind != "process" or obj.node is not call:
+        if obj is None or obj.kind != "process" or obj.node is not call or id(call) not in started:
             continue
         target = arg_at(call, 1, "target")
         passed = elements(arg_at(call, 3, "args")) + elements(arg_at(call, 4, "kwargs"))
@@ -297,9 +315,10 @@ def check_sc002(m: Model) -> Report:
                     "(the default on macOS and Windows, and on Linux from Python 3.14)"
                 )
         for call, obj, value in sends(m, scope):
-            why = unpicklable(m, value, scope)
-            if why is not None:
-                yield value, f"{why} sent through `{src(call.func)}`: queues and pipes pickle what they carry, which fails"
+            for item in elements(value) or [value]:
+                why = unpicklable(m, item, scope)
+                if why is not None:
+                    yield item, f"{why} sent through `{src(call.func)}`: queues and pipes pickle what they carry, which fails"
 
 
 # --- SC003: bound methods that change self --------------------------------------------------
