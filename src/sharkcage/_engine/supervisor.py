@@ -312,12 +312,16 @@ class Supervisor:
         for key, mask in events:
             tag, w = key.data
             if tag == "wake":
-                self._wake_flag = False
+                # Drain first, then clear the flag, then (below) take the
+                # commands: a writer that saw the flag set has already
+                # appended its command, and one that sees it clear writes a
+                # fresh byte, so no command is ever left without a wake-up.
                 try:
                     while os.read(self._wake_r, 4096):
                         pass
                 except BlockingIOError:
                     pass
+                self._wake_flag = False
             elif tag == "chan":
                 if mask & selectors.EVENT_READ:
                     self._read_worker(w)
