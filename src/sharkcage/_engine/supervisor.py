@@ -44,18 +44,11 @@ import time
 import traceback
 from typing import Any, Callable
 
-from sharkcage._engine import serialize, start
+from sharkcage._engine import replies, serialize, start
 from sharkcage._engine.channel import ChannelClosed, ParentEnd, encode
 from sharkcage._engine.jobs import CallbackRunner, Job
 from sharkcage._engine.worker import (
-    BAD_ARGUMENT,
-    BAD_RESULT,
-    ITEM_PICKLING,
-    ITEM_UNPICKLING,
-    OK,
-    RAISED,
     SLOT_BATCH,
-    SLOT_DONE,
     SLOT_ITEM,
     SLOT_SIZE,
     SLOT_START,
@@ -541,7 +534,7 @@ class Supervisor:
 
     def _handle(self, w: _Worker, msg) -> None:
         tag = msg[0]
-        if tag == "done" or tag == "mixed":
+        if tag in ("done", "mixed", "fn_failed"):
             batch = self._finish_batch(w, msg[1])
             if batch is not None:
                 self._init_failures = 0
@@ -550,10 +543,7 @@ class Supervisor:
                 w.last_done = now
                 w.tasks_done += len(batch.targets)
                 self._avg_task = 0.8 * self._avg_task + 0.2 * per_item
-                if tag == "done":
-                    self._deliver_all(batch, msg[2])
-                else:
-                    self._deliver_mixed(batch, msg[2])
+                replies.settle(tag, msg[2], batch.targets, self._deliver)
         elif tag == "log":
             self._handle_log(msg[1])
         elif tag == "ready":
@@ -604,42 +594,6 @@ class Supervisor:
 
     # ------------------------------------------------------------------
     # Delivering outcomes
-
-    def _deliver_all(self, batch: Batch, data: bytes) -> None:
-        try:
-            values = serialize.loads(data)
-        except BaseException as e:  # noqa: BLE001
-            for job, index in batch.targets:
-                self._deliver(job, index, False, serialize.serialization_error("result", job.describe(index), None, e))
-            return
-        for (job, index), value in zip(batch.targets, values):
-            self._deliver(job, index, True, value)
-
-    def _deliver_mixed(self, batch: Batch, outcomes: list) -> None:
-        for (job, index), (status, data) in zip(batch.targets, outcomes):
-            what = job.describe(index)
-            if status == OK:
-                try:
-                    value = serialize.loads(data)
-                except BaseException as e:  # noqa: BLE001 - SystemExit in __setstate__ included
-                    self._deliver(job, index, False, serialize.serialization_error("result", what, None, e))
-                    continue
-                self._deliver(job, index, True, value)
-            elif status == RAISED:
-                try:
-                    exc = serialize.unpack_exception(data)
-                except BaseException as e:  # noqa: BLE001
-                    exc = serialize.serialization_error("result", what, None, e)
-                self._deliver(job, index, False, exc)
-            else:
-                type_name, reason = pickle.loads(data)
-                direction = "argument" if status == BAD_ARGUMENT else "result"
-                err = serialize.SerializationError(
-                    direction, what, type_name, reason,
-                    "Pass picklable arguments" if status == BAD_ARGUMENT else
-                    "Return picklable data from the task (convert generators to lists, drop open handles)",
-                )
-                self._deliver(job, index, False, err)
 
     def _deliver(self, job: Job, index: int, ok: bool, value) -> None:
         try:

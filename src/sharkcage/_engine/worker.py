@@ -290,7 +290,12 @@ def _serve(chan: WorkerEnd, send, slot, cfg) -> str:
         slot[SLOT_START] = monotonic()
         slot[SLOT_ITEM] = ITEM_UNPICKLING
         slot[SLOT_BATCH] = float(batch_id)
-        reply = _run_batch(batch_id, functions, fn_id, kind, payload, split, slot, monotonic)
+        try:
+            fn = load_function(functions, fn_id)
+        except BaseException as e:  # noqa: BLE001
+            reply = ("fn_failed", batch_id, serialize.pack_exception(e))
+        else:
+            reply = run_batch(batch_id, fn, kind, payload, split, slot, monotonic)
         slot[SLOT_BATCH] = -1.0
         send(reply)
         batches_done += 1
@@ -305,18 +310,42 @@ def _serve(chan: WorkerEnd, send, slot, cfg) -> str:
             return "retire"
 
 
-def _run_batch(batch_id, functions, fn_id, kind, payload, split, slot, monotonic):
-    fn = functions.get(fn_id)
+def load_function(functions: dict, fn_id: int):
+    """The callable for ``fn_id``, unpickled on first use; raises on failure."""
+    fn = functions[fn_id]
     if isinstance(fn, bytes):
         try:
             fn = functions[fn_id] = serialize.loads(fn)
         except BaseException as e:  # noqa: BLE001
-            functions.pop(fn_id, None)
-            err = serialize.pack_exception(
-                RuntimeError(f"the task's function could not be unpickled in the worker: {serialize.describe_exception(e)}")
+            # Remember the failure: every later batch of this function gets it too.
+            fn = functions[fn_id] = _Unloadable(
+                f"the task's function could not be unpickled in the worker: {serialize.describe_exception(e)}"
             )
-            n = len(payload) if split else 1
-            return ("mixed", batch_id, [(RAISED, err)] * n)
+    if isinstance(fn, _Unloadable):
+        raise RuntimeError(fn.reason)
+    return fn
+
+
+class _Unloadable:
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+class _NoSlot(list):
+    """Stands in for the shared slot where nobody watches (remote backends)."""
+
+    def __init__(self):
+        super().__init__([-1.0, -1.0, 0.0, 0.0])
+
+
+def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, monotonic=time.monotonic):
+    """Run every item of a batch; the reply tuple for the parent.
+
+    Shared by the local worker and the remote backends (Dask, Ray), so every
+    engine reports outcomes the same way (see ``replies.settle``).
+    """
+    if slot is None:
+        slot = _NoSlot()
     if split:
         items = payload  # list of per-item pickles, unpickled one by one below
     else:

@@ -57,10 +57,14 @@ def report(outcome, exc=None, detail="", **extra):
 
 def _excepthook(tp, value, tb):
     # An exception nobody caught is this side's outcome, not a tank failure.
-    report("error", tp.__name__, str(value).splitlines()[0][:200] if str(value) else "")
+    report("error", tp.__name__, str(value).splitlines()[0][:200] if str(value) else "",
+           types=[c.__name__ for c in tp.__mro__])
     _sys.__excepthook__(tp, value, tb)
 
 _sys.excepthook = _excepthook
+
+def _types(e):
+    return [c.__name__ for c in type(e).__mro__]
 
 def _name(e):
     if isinstance(e, SystemExit):
@@ -111,7 +115,7 @@ def check_items(iterator, expected, bad=(), pool=None, note="", catch=None):
         first = str(errors[i]).splitlines()[0][:160] if str(errors[i]) else ""
         return report("error", type(errors[i]).__name__,
                       "task %d only; %d others right; pool lives%s" % (i, others, note),
-                      message=first, shown=_name(errors[i]))
+                      message=first, shown=_name(errors[i]), types=_types(errors[i]))
     return report("ok", None, "all %d results right%s" % (len(expected), note))
 
 def check_call(call, expected, note=""):
@@ -120,11 +124,20 @@ def check_call(call, expected, note=""):
         got = call()
     except (Exception, SystemExit) as e:
         return report("error", type(e).__name__, str(e).splitlines()[0][:160] if str(e) else "",
-                      shown=_name(e))
+                      shown=_name(e), types=_types(e))
     if got != expected:
         return report("wrong", None, "got %r, expected %r" % (got, expected))
     return report("ok", None, "all %d results right%s" % (len(expected), note))
 '''
+
+
+# How each side asks for spawn workers: the stdlib through a context's Pool
+# (multiprocessing.Pool takes no context=), sharkcage through the same
+# context passed to its Pool.
+_SPAWN_POOL = {
+    STDLIB: "ctx.Pool(2)",
+    SHARKCAGE: "Pool(2, context=ctx)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +162,11 @@ class Scenario:
         """The complete ``python -c`` text for ``side`` (``stdlib``/``sharkcage``)."""
         body = self.sharkcage_body if side == SHARKCAGE and self.sharkcage_body else self.body
         kwargs = self.sharkcage_kwargs if side == SHARKCAGE else ""
-        return PRELUDE + body.replace("__POOL__", _IMPORTS[side]).replace("__KW__", kwargs)
+        return PRELUDE + (
+            body.replace("__POOL__", _IMPORTS[side])
+            .replace("__KW__", kwargs)
+            .replace("__SPAWN_POOL__", _SPAWN_POOL[side])
+        )
 
 
 _FORK_DEADLOCK = r'''
@@ -248,7 +265,8 @@ _LAMBDA_SPAWN = r'''
 import multiprocessing
 __POOL__
 
-with Pool(2, context=multiprocessing.get_context("spawn")) as pool:
+ctx = multiprocessing.get_context("spawn")
+with __SPAWN_POOL__ as pool:
     check_call(lambda: pool.map(lambda x: x * 2, range(6)), [0, 2, 4, 6, 8, 10])
 '''
 
@@ -259,7 +277,8 @@ __POOL__
 def double(x):           # lives in the `python -c` main module: no file to re-import
     return x * 2
 
-with Pool(2, context=multiprocessing.get_context("spawn")) as pool:
+ctx = multiprocessing.get_context("spawn")
+with __SPAWN_POOL__ as pool:
     check_call(lambda: pool.map(double, range(6)), [0, 2, 4, 6, 8, 10])
 '''
 

@@ -1,0 +1,64 @@
+"""Decoding a worker's reply into per-task outcomes, inside a guard.
+
+Shared by every backend: the local supervisor, and the remote engines that
+run ``worker.run_batch`` on a cluster. Whatever the bytes hold, each target
+gets exactly one outcome — a value, the task's own exception, or a
+SerializationError / RemoteError naming that task — and nothing here raises.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+from sharkcage._engine import serialize
+from sharkcage._engine.worker import BAD_ARGUMENT, OK, RAISED
+from sharkcage.errors import SerializationError
+
+
+def settle(tag: str, data, targets: list, deliver) -> None:
+    """Call ``deliver(job, index, ok, value)`` once for every (job, index) in targets."""
+    if tag == "done":
+        try:
+            values = serialize.loads(data)
+        except BaseException as e:  # noqa: BLE001 - SystemExit in __setstate__ included
+            for job, index in targets:
+                deliver(job, index, False, serialize.serialization_error("result", job.describe(index), None, e))
+            return
+        for (job, index), value in zip(targets, values):
+            deliver(job, index, True, value)
+    elif tag == "mixed":
+        for (job, index), (status, payload) in zip(targets, data):
+            deliver(job, index, *_decode_item(job.describe(index), status, payload))
+    elif tag == "fn_failed":
+        for job, index in targets:
+            try:
+                exc = serialize.unpack_exception(data)
+            except BaseException as e:  # noqa: BLE001
+                exc = serialize.serialization_error("result", job.describe(index), None, e)
+            deliver(job, index, False, exc)
+    else:  # pragma: no cover - a protocol error is a bug; still settle every task
+        err = RuntimeError(f"unknown reply {tag!r} from a worker")
+        for job, index in targets:
+            deliver(job, index, False, err)
+
+
+def _decode_item(what: str, status: int, payload):
+    if status == OK:
+        try:
+            return True, serialize.loads(payload)
+        except BaseException as e:  # noqa: BLE001
+            return False, serialize.serialization_error("result", what, None, e)
+    if status == RAISED:
+        try:
+            return False, serialize.unpack_exception(payload)
+        except BaseException as e:  # noqa: BLE001
+            return False, serialize.serialization_error("result", what, None, e)
+    try:
+        type_name, reason = pickle.loads(payload)
+    except BaseException as e:  # noqa: BLE001
+        type_name, reason = "?", serialize.describe_exception(e)
+    if status == BAD_ARGUMENT:
+        return False, SerializationError("argument", what, type_name, reason,
+                                         "Pass picklable arguments (plain data, importable classes)")
+    return False, SerializationError("result", what, type_name, reason,
+                                     "Return picklable data from the task (convert generators to lists, drop open handles)")
