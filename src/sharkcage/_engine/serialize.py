@@ -73,19 +73,25 @@ def failing_type(obj: Any, exc: BaseException) -> str:
     marker = "cannot pickle '"
     if marker in text:
         return text.split(marker, 1)[1].split("'", 1)[0]
-    for part in _children(obj):
-        try:
-            dumps(part)
-        except BaseException:  # noqa: BLE001 - probing only
-            return type(part).__qualname__
+    return _first_failing(obj, depth=4)
+
+
+def _first_failing(obj: Any, depth: int) -> str:
+    """The innermost container element (a few levels down) that fails alone."""
+    if depth > 0:
+        for part in _children(obj):
+            try:
+                dumps(part)
+            except BaseException:  # noqa: BLE001 - probing only
+                return _first_failing(part, depth - 1)
     return type(obj).__qualname__
 
 
 def _children(obj: Any):
     if isinstance(obj, (tuple, list, set, frozenset)):
-        return list(obj)
+        return list(obj)[:1000]
     if isinstance(obj, dict):
-        return list(obj.keys()) + list(obj.values())
+        return (list(obj.keys()) + list(obj.values()))[:1000]
     return []
 
 

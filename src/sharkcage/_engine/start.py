@@ -41,11 +41,16 @@ def mark_own_thread(thread: threading.Thread) -> threading.Thread:
 
 
 def foreign_threads() -> list[threading.Thread]:
-    """Live threads other than the calling one that sharkcage did not start."""
+    """Live threads other than the main one, the calling one and sharkcage's own.
+
+    The main thread is the program itself, not a "thread it runs": workers
+    started later from the supervisor thread must not count it.
+    """
     me = threading.current_thread()
+    main = threading.main_thread()
     return [
         t for t in threading.enumerate()
-        if t is not me and t.is_alive() and not getattr(t, OWN_THREAD_ATTR, False)
+        if t is not me and t is not main and t.is_alive() and not getattr(t, OWN_THREAD_ATTR, False)
     ]
 
 

@@ -154,6 +154,14 @@ class Supervisor:
 
     def __init__(self, config: PoolConfig):
         self.config = config
+        # Everything that can refuse comes before anything is allocated, so
+        # a constructor that raises leaves no thread, pipe or process behind.
+        if config.method == "fork":
+            start.check_fork_safe(config.allow_unsafe_fork)
+        init = serialize.dumps_callable(config.initializer) if config.initializer is not None else None
+        fin = serialize.dumps_callable(config.finalizer) if config.finalizer is not None else None
+        initargs = serialize.dumps_callable(config.initargs) if init is not None else None
+        start.ensure_forkserver(config.context)
         self._commands: collections.deque = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -178,19 +186,14 @@ class Supervisor:
         self.crashes = 0
         self.restarts = 0
         self.callbacks = CallbackRunner(f"sharkcage-callbacks-{config.name}")
-        init = serialize.dumps_callable(config.initializer) if config.initializer is not None else None
-        fin = serialize.dumps_callable(config.finalizer) if config.finalizer is not None else None
         self._worker_config = dict(
             initializer=init,
-            initargs=serialize.dumps_callable(config.initargs) if init is not None else None,
+            initargs=initargs,
             finalizer=fin,
             maxtasksperchild=config.maxtasksperchild,
             max_memory=config.max_memory_per_worker,
             log_level=_parent_log_level(),
         )
-        if config.method == "fork":
-            start.check_fork_safe(config.allow_unsafe_fork)
-        start.ensure_forkserver(config.context)
         _read_oom_baseline()
         self._term_deadline = 0.0
         self.done = threading.Event()

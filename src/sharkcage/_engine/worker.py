@@ -56,6 +56,7 @@ CALL, MAP, STARMAP = 0, 1, 2
 # slot fields
 SLOT_BATCH, SLOT_ITEM, SLOT_START, SLOT_DONE = 0, 1, 2, 3
 SLOT_SIZE = 4
+_SIMPLE = frozenset({int, float, str, bytes, bool, type(None), complex})
 ITEM_UNPICKLING, ITEM_PICKLING = -1.0, -2.0
 
 
@@ -382,10 +383,15 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, mon
         slot[SLOT_DONE] += 1
     slot[SLOT_ITEM] = ITEM_PICKLING
     if outcomes is None:
-        try:
-            return ("done", batch_id, serialize.dumps(results))
-        except BaseException:  # noqa: BLE001 - find the culprit item by item
-            outcomes = [(OK, r) for r in results]
+        # One pickle for the whole batch only when no item can fail to
+        # unpickle in the parent (plain builtin values); otherwise one pickle
+        # per item, so such a failure lands on its own task.
+        if all(type(r) in _SIMPLE for r in results):
+            try:
+                return ("done", batch_id, serialize.dumps(results))
+            except BaseException:  # noqa: BLE001 - find the culprit item by item
+                pass
+        outcomes = [(OK, r) for r in results]
     packed = []
     for status, value in outcomes:
         if status == OK:

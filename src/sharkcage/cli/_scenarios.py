@@ -118,10 +118,10 @@ def check_items(iterator, expected, bad=(), pool=None, note="", catch=None):
                       message=first, shown=_name(errors[i]), types=_types(errors[i]))
     return report("ok", None, "all %d results right%s" % (len(expected), note))
 
-def check_call(call, expected, note=""):
+def check_call(call, args, expected, note=""):
     """One blocking call (a map): its value, or the exception it raised."""
     try:
-        got = call()
+        got = call(*args)
     except (Exception, SystemExit) as e:
         return report("error", type(e).__name__, str(e).splitlines()[0][:160] if str(e) else "",
                       shown=_name(e), types=_types(e))
@@ -267,7 +267,7 @@ __POOL__
 
 ctx = multiprocessing.get_context("spawn")
 with __SPAWN_POOL__ as pool:
-    check_call(lambda: pool.map(lambda x: x * 2, range(6)), [0, 2, 4, 6, 8, 10])
+    check_call(pool.map, (lambda x: x * 2, range(6)), [0, 2, 4, 6, 8, 10])
 '''
 
 _MAIN_SPAWN = r'''
@@ -279,7 +279,7 @@ def double(x):           # lives in the `python -c` main module: no file to re-i
 
 ctx = multiprocessing.get_context("spawn")
 with __SPAWN_POOL__ as pool:
-    check_call(lambda: pool.map(double, range(6)), [0, 2, 4, 6, 8, 10])
+    check_call(pool.map, (double, range(6)), [0, 2, 4, 6, 8, 10])
 '''
 
 _HUNG = r'''
@@ -308,7 +308,7 @@ def source():
         pulled += 1
         if pulled > GUARD:
             report("wrong", None, "pulled over %d items from the generator for 10 results "
-                   "(eager; stopped by the demo's guard)" % GUARD)
+                   "(eager; stopped by the demo's guard)" % GUARD, short="over %d items pulled" % GUARD)
             _os._exit(0)
         yield i
 
@@ -324,7 +324,8 @@ with Pool(2) as pool:
     if first != [x * x for x in range(10)]:
         report("wrong", None, "first results %r" % first)
     elif n > 1000:
-        report("wrong", None, "pulled %d items for 10 results (unbounded); parent max RSS %d MB" % (n, rss))
+        report("wrong", None, "pulled %d items for 10 results (unbounded); parent max RSS %d MB" % (n, rss),
+               short="%d items pulled for 10" % n)
     else:
         report("ok", None, "first 10 results right; only %d items pulled; parent max RSS %d MB" % (n, rss))
 '''
@@ -348,7 +349,8 @@ with Pool(1) as pool:
 if results != [2, 4, 6]:
     report("wrong", None, "results %r" % results)
 elif counter.count != 3:
-    report("wrong", None, "parent count %d after 3 calls (each call ran on a copy)" % counter.count)
+    report("wrong", None, "parent count %d after 3 calls (each call ran on a copy)" % counter.count,
+           short="parent count %d" % counter.count)
 else:
     report("ok", None, "count 3")
 '''
@@ -374,7 +376,7 @@ with Pool(1) as pool:
         report("wrong", None, how + "results %r" % results)
     elif count != 3:
         report("wrong", None, how + "parent count %d after 3 calls" % count,
-               informational=not hasattr(pool, "actor"))
+               short="parent count %d" % count, informational=not hasattr(pool, "actor"))
     else:
         report("ok", None, how + "count %d after 3 calls" % count)
 '''
