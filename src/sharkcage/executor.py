@@ -55,6 +55,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         max_memory_per_worker: int | None = None,
         progress: bool = False,
         backend: str = "local",
+        address=None,
         retries: int = 0,
         finalizer: Callable | None = None,
         allow_unsafe_fork: bool = False,
@@ -68,7 +69,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             processes=max_workers, initializer=initializer, initargs=initargs, finalizer=finalizer,
             maxtasksperchild=max_tasks_per_child, context=mp_context, start_method=start_method,
             task_timeout=task_timeout, max_memory_per_worker=max_memory_per_worker,
-            retries=retries, allow_unsafe_fork=allow_unsafe_fork,
+            retries=retries, allow_unsafe_fork=allow_unsafe_fork, address=address,
         )
         self._max_workers = self._backend.config.processes
         self._finalizer = weakref.finalize(self, _finalize_backend, self._backend)

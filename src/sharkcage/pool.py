@@ -75,6 +75,7 @@ class Pool:
         max_memory_per_worker: int | None = None,
         progress: bool = False,
         backend: str = "local",
+        address=None,
         retries: int = 0,
         finalizer: Callable | None = None,
         allow_unsafe_fork: bool = False,
@@ -86,7 +87,7 @@ class Pool:
             processes=processes, initializer=initializer, initargs=initargs, finalizer=finalizer,
             maxtasksperchild=maxtasksperchild, context=context, start_method=start_method,
             task_timeout=task_timeout, max_memory_per_worker=max_memory_per_worker,
-            retries=retries, allow_unsafe_fork=allow_unsafe_fork,
+            retries=retries, allow_unsafe_fork=allow_unsafe_fork, address=address,
         )
         self._processes = self._backend.config.processes
         # A pool that is garbage-collected without close()/terminate() is
