@@ -34,13 +34,22 @@ PROTOCOL = 5
 def dumps(obj: Any) -> bytes:
     """Pickle data: plain pickle first, cloudpickle when that is not enough.
 
+    Plain pickle refers to classes and functions of ``__main__`` by name,
+    which a worker may not have (``python -c``, piped stdin, a notebook), so
+    any pickle that mentions ``__main__`` is redone with cloudpickle, which
+    carries them by value. The scan is a memchr-speed ``in``; a false hit
+    (the string "__main__" in the data) only costs the slower pickler.
+
     Raises whatever the second attempt raised; callers turn it into a
     :class:`SerializationError` naming the task and direction.
     """
     try:
-        return pickle.dumps(obj, PROTOCOL)
+        data = pickle.dumps(obj, PROTOCOL)
     except (pickle.PicklingError, TypeError, AttributeError):
         return cloudpickle.dumps(obj, PROTOCOL)
+    if b"__main__" in data:
+        return cloudpickle.dumps(obj, PROTOCOL)
+    return data
 
 
 loads = pickle.loads

@@ -33,6 +33,35 @@ _NO_PRELOAD = {
 }
 
 _forkserver_lock = threading.Lock()
+_patched = False
+
+
+def _patch_preparation_data() -> None:
+    """Do not make workers re-run a main script that does not exist.
+
+    multiprocessing's spawn/forkserver children re-import the parent's main
+    script from ``__main__.__file__`` — which is ``'<stdin>'`` for code piped
+    to ``python -``, so every child dies with FileNotFoundError. sharkcage
+    ships ``__main__`` functions and classes by value, so such a child
+    needs no main module at all: drop the path when it names no file.
+    """
+    global _patched
+    if _patched:
+        return
+    from multiprocessing import spawn
+
+    original = spawn.get_preparation_data
+
+    def get_preparation_data(name):
+        data = original(name)
+        path = data.get("init_main_from_path")
+        if path is not None and not os.path.isfile(path):
+            del data["init_main_from_path"]
+        return data
+
+    get_preparation_data.__wrapped__ = original
+    spawn.get_preparation_data = get_preparation_data
+    _patched = True
 
 
 def mark_own_thread(thread: threading.Thread) -> threading.Thread:
@@ -81,6 +110,7 @@ def resolve_context(start_method: str | None, context) -> tuple[multiprocessing.
             raise ValueError(
                 f"context= uses {ctx_method!r} but start_method={start_method!r}; pass only one of them"
             )
+    _patch_preparation_data()
     if context is not None:
         if not hasattr(context, "get_start_method") or not hasattr(context, "Process"):
             raise TypeError(

@@ -112,7 +112,7 @@ def check_items(iterator, expected, bad=(), pool=None, note="", catch=None):
         note += "; `except %s` catches it" % catch.__name__
     if errors:
         i = min(errors)
-        first = str(errors[i]).splitlines()[0][:160] if str(errors[i]) else ""
+        first = str(errors[i]).splitlines()[0][:300] if str(errors[i]) else ""
         return report("error", type(errors[i]).__name__,
                       "task %d only; %d others right; pool lives%s" % (i, others, note),
                       message=first, shown=_name(errors[i]), types=_types(errors[i]))
@@ -123,7 +123,7 @@ def check_call(call, args, expected, note=""):
     try:
         got = call(*args)
     except (Exception, SystemExit) as e:
-        return report("error", type(e).__name__, str(e).splitlines()[0][:160] if str(e) else "",
+        return report("error", type(e).__name__, str(e).splitlines()[0][:300] if str(e) else "",
                       shown=_name(e), types=_types(e))
     if got != expected:
         return report("wrong", None, "got %r, expected %r" % (got, expected))
@@ -413,7 +413,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "that is also an instance of the original class, so `except MySQLError` works.",
     ),
     Scenario(
-        "killed_worker", "-", "worker SIGKILLed mid-task",
+        "killed_worker", "", "worker SIGKILLed mid-task",
         _KILLED, "error:WorkerCrashedError",
         "A task's worker is SIGKILLed (as by the OOM killer). The stdlib replaces the "
         "worker but forgets the task: imap/map wait forever. sharkcage fails that task "
@@ -440,7 +440,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "forever. sharkcage sends it by value.",
     ),
     Scenario(
-        "hung_task", "-", "a task that never returns",
+        "hung_task", "", "a task that never returns",
         _HUNG, "error:TaskTimeoutError",
         "One task sleeps forever. The stdlib has no per-task timeout: the map never "
         "finishes. With task_timeout=1 sharkcage kills and replaces that worker, the "
@@ -464,7 +464,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         sharkcage_body=_COUNTER_SHARKCAGE,
     ),
     Scenario(
-        "exit_in_task", "-", "sys.exit() inside a task",
+        "exit_in_task", "", "sys.exit() inside a task",
         _EXIT, "error:SystemExit",
         "A task calls sys.exit(3). The stdlib worker exits, the task is lost and the "
         "map waits forever. sharkcage re-raises SystemExit in the caller (as "
