@@ -78,7 +78,9 @@ class WorkerCrashedError(SharkcageError):
         task: str | None = None,
         cause: str | None = None,
         attempts: int = 1,
+        replaced: bool = True,
     ):
+        self.replaced = replaced
         self.pid = pid
         self.exitcode = exitcode
         self.signal = -exitcode if exitcode is not None and exitcode < 0 else None
@@ -90,7 +92,7 @@ class WorkerCrashedError(SharkcageError):
     def __reduce__(self):
         return (
             _rebuild_crash,
-            (self.pid, self.exitcode, self.task, self.cause, self.attempts),
+            (self.pid, self.exitcode, self.task, self.cause, self.attempts, self.replaced),
         )
 
     def __str__(self) -> str:
@@ -110,11 +112,13 @@ class WorkerCrashedError(SharkcageError):
             hint = _SIGNAL_HINTS.get(self.signal)
         if hint:
             text += f"; likely cause: {hint}"
+        if not self.replaced:
+            return text + ". The actor is gone: create a new one, or pass restart=True to pool.actor()."
         return text + ". The pool replaced the worker; other tasks were not affected."
 
 
-def _rebuild_crash(pid, exitcode, task, cause, attempts):
-    return WorkerCrashedError(pid, exitcode, task=task, cause=cause, attempts=attempts)
+def _rebuild_crash(pid, exitcode, task, cause, attempts, replaced=True):
+    return WorkerCrashedError(pid, exitcode, task=task, cause=cause, attempts=attempts, replaced=replaced)
 
 
 class TaskTimeoutError(SharkcageError, TimeoutError):

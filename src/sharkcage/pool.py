@@ -90,6 +90,7 @@ class Pool:
             retries=retries, allow_unsafe_fork=allow_unsafe_fork, address=address,
         )
         self._processes = self._backend.config.processes
+        self._actors: "weakref.WeakSet" = weakref.WeakSet()
         # A pool that is garbage-collected without close()/terminate() is
         # terminated, like the stdlib's, and never leaves workers behind.
         self._finalizer = weakref.finalize(self, _finalize_backend, self._backend)
@@ -191,6 +192,37 @@ class Pool:
         return job
 
     # ------------------------------------------------------------------
+    # actors
+
+    def actor(self, cls: type, *args, restart: bool = False, **kwargs):
+        """``cls(*args, **kwargs)`` living in a dedicated worker process.
+
+        ``proxy.method(*a, **kw)`` runs there in call order and returns the
+        result; ``proxy.method.submit(...)`` returns a future (also
+        awaitable); ``proxy.close()`` stops it. The actor's process is one
+        more than ``processes``. If it dies, pending and later calls raise
+        :class:`WorkerCrashedError`, unless ``restart=True`` (rebuilt from the
+        same arguments, with a RuntimeWarning). The pool's ``task_timeout``
+        applies to each call.
+
+        >>> from sharkcage import Pool
+        >>> with Pool(1) as pool:
+        ...     box = pool.actor(list)
+        ...     box.append(1); box.append(2); box.copy()
+        [1, 2]
+        """
+        from sharkcage.actors import ActorProxy
+
+        self._check_running()
+        cfg = self._backend.config
+        proxy = ActorProxy(
+            cls, args, kwargs, restart=restart, start_method=None, context=cfg.context,
+            task_timeout=cfg.task_timeout, allow_unsafe_fork=cfg.allow_unsafe_fork,
+        )
+        self._actors.add(proxy)
+        return proxy
+
+    # ------------------------------------------------------------------
     # lifecycle
 
     def close(self) -> None:
@@ -198,18 +230,28 @@ class Pool:
         if self._state == _RUN:
             self._state = _CLOSE
             self._backend.close()
+            for proxy in list(self._actors):
+                proxy._closed = True
+                proxy._backend.close()
 
     def terminate(self) -> None:
         """Stop now: kill the workers; outstanding results fail with SharkcageError."""
         self._state = _TERMINATE
         self._backend.terminate()
+        for proxy in list(self._actors):
+            proxy._closed = True
+            proxy._backend.terminate("the pool was terminated")
         self._backend.join(5.0)
+        for proxy in list(self._actors):
+            proxy._backend.join(5.0)
 
     def join(self) -> None:
         """Wait for the workers to leave (after ``close()`` or ``terminate()``)."""
         if self._state == _RUN:
             raise ValueError("Pool is still running")
         self._backend.join()
+        for proxy in list(self._actors):
+            proxy._backend.join()
 
     def __enter__(self) -> "Pool":
         self._check_running()

@@ -50,6 +50,30 @@ def wait_for(event: threading.Event, timeout: float | None, backend) -> bool:
         raise
 
 
+def wait_for_future(future: concurrent.futures.Future, backend, timeout: float | None = None):
+    """``future.result(timeout)`` with the same ways out as :func:`wait_for`."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while True:
+            remaining = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+            if remaining <= 0:
+                return future.result(0)
+            try:
+                return future.result(remaining)
+            except concurrent.futures.TimeoutError:
+                if future.done():
+                    raise  # the task's own TaskTimeoutError (a TimeoutError too)
+                if backend.done.is_set():
+                    try:
+                        return future.result(1.0)
+                    except concurrent.futures.TimeoutError:
+                        raise SharkcageError("the pool stopped before this task finished") from None
+    except KeyboardInterrupt:
+        backend.terminate("the pool was stopped by KeyboardInterrupt")
+        backend.join(2.0)
+        raise
+
+
 class AsyncResult(Job):
     """The outcome of ``apply_async`` (and the base of ``MapResult``).
 

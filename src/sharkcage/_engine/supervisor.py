@@ -124,6 +124,9 @@ class PoolConfig:
         retries=0,
         allow_unsafe_fork=False,
         name="pool",
+        restart_crashed=True,
+        max_init_failures=_INIT_FAILURES,
+        on_restart=None,
     ):
         self.processes = processes
         self.context = context
@@ -137,6 +140,12 @@ class PoolConfig:
         self.retries = retries
         self.allow_unsafe_fork = allow_unsafe_fork
         self.name = name
+        # Actors: a crashed worker is not replaced (restart_crashed=False) —
+        # its pending and later calls fail — or is rebuilt and on_restart()
+        # says so; one failed start (the constructor raised) is final.
+        self.restart_crashed = restart_crashed
+        self.max_init_failures = max_init_failures
+        self.on_restart = on_restart
 
 
 def _parent_log_level() -> int:
@@ -772,9 +781,18 @@ class Supervisor:
                 reason = self._last_init_error if previous_state == "init_failed" else (
                     f"the worker (pid {w.pid}) died while starting, exit code {exitcode}")
                 self._start_failed(reason)
+        crashed = not orderly and previous_state not in ("starting", "init_failed", "exiting")
+        if crashed and not self.config.restart_crashed and self.state in ("running", "closing") and self.broken is None:
+            self._break(WorkerCrashedError(w.pid, exitcode, task="an earlier call", cause=_oom_hint(exitcode),
+                                           replaced=False))
         if self.state in ("running", "closing") and self.broken is None and previous_state != "exiting":
             if self.workers.get(w.slot_id) is w:
                 self.restarts += 1
+                if crashed and self.config.on_restart is not None:
+                    try:
+                        self.config.on_restart(w.pid, exitcode)
+                    except Exception:
+                        log.exception("on_restart hook failed")
                 self._start_worker(w.slot_id)
         elif self.workers.get(w.slot_id) is w:
             del self.workers[w.slot_id]
@@ -797,12 +815,14 @@ class Supervisor:
             self.pending.appendleft(retry)
             return
         cause = _oom_hint(exitcode)
-        self._deliver(job, index, False, WorkerCrashedError(w.pid, exitcode, task=what, cause=cause, attempts=batch.attempts + 1))
+        self._deliver(job, index, False, WorkerCrashedError(w.pid, exitcode, task=what, cause=cause,
+                                                            attempts=batch.attempts + 1,
+                                                            replaced=self.config.restart_crashed))
 
     def _start_failed(self, reason: str) -> None:
         self._init_failures += 1
         self._last_init_error = reason
-        if self._init_failures >= _INIT_FAILURES:
+        if self._init_failures >= self.config.max_init_failures:
             self._break(WorkerInitError(reason, attempts=self._init_failures))
 
     def _break(self, exc: BaseException) -> None:

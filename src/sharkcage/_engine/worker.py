@@ -241,11 +241,29 @@ def main(sock: socket.socket, slot, config: bytes) -> None:
 
 def _apply(fn, kind: int, item):
     if kind == MAP:
-        return fn(item)
-    if kind == STARMAP:
-        return fn(*item)
-    args, kwargs = item
-    return fn(*args, **kwargs)
+        value = fn(item)
+    elif kind == STARMAP:
+        value = fn(*item)
+    else:
+        args, kwargs = item
+        value = fn(*args, **kwargs)
+    if type(value) is _CoroutineType:
+        value = _run_coroutine(value)
+    return value
+
+
+from types import CoroutineType as _CoroutineType  # noqa: E402
+_loop = None
+
+
+def _run_coroutine(coro):
+    """Coroutine functions are tasks too: run them on this worker's own loop."""
+    global _loop
+    import asyncio
+
+    if _loop is None or _loop.is_closed():
+        _loop = asyncio.new_event_loop()
+    return _loop.run_until_complete(coro)
 
 
 def _serve(chan: WorkerEnd, send, slot, cfg) -> str:

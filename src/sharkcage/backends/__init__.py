@@ -12,8 +12,9 @@ from sharkcage.backends.local import make_local_backend
 __all__ = ["Backend", "make_local_backend", "create_backend"]
 
 
-def create_backend(name: str, *, address=None, **options) -> Backend:
-    """The backend called ``name``; a clear error for an unknown one."""
+def create_backend(kind: str, *, address=None, **options) -> Backend:
+    """The backend called ``kind``; a clear error for an unknown one."""
+    name = kind
     if name == "local":
         if address is not None:
             raise ValueError("address= is for cluster backends (backend='dask' or 'ray'); the local backend takes none")

@@ -45,6 +45,10 @@ def make_local_backend(
     max_memory_per_worker=None,
     retries=0,
     allow_unsafe_fork=False,
+    name=None,
+    restart_crashed=True,
+    max_init_failures=3,
+    on_restart=None,
 ) -> Supervisor:
     """Validate everything the user passed, then start the engine."""
     global _counter
@@ -65,7 +69,7 @@ def make_local_backend(
     context, method = start.resolve_context(start_method, context)
     with _counter_lock:
         _counter += 1
-        name = f"pool{_counter}"
+        name = f"{name or 'pool'}{_counter}"
     config = PoolConfig(
         int(processes), context, method,
         initializer=initializer, initargs=initargs, finalizer=finalizer,
@@ -73,6 +77,7 @@ def make_local_backend(
         task_timeout=_positive_number("task_timeout", task_timeout),
         max_memory_per_worker=_positive_number("max_memory_per_worker", max_memory_per_worker),
         retries=int(retries), allow_unsafe_fork=bool(allow_unsafe_fork), name=name,
+        restart_crashed=restart_crashed, max_init_failures=max_init_failures, on_restart=on_restart,
     )
     sup = Supervisor(config)
     _live.add(sup)

@@ -461,20 +461,32 @@ def format_table(rows: list[dict], timeout: float, total: float) -> str:
 # ----------------------------------------------------------------------
 
 
-def _parallelism() -> int:
-    # The stdlib sides mostly sleep in their hang, so more children than
-    # cores is fine; too many would slow the sharkcage sides towards the
-    # timeout on a small machine.
-    return max(4, min(8, 2 * (os.cpu_count() or 2)))
+def _parallelism() -> dict[str, int]:
+    """How many children of each side run at once.
+
+    The stdlib sides mostly sit in their hang, so they all start at once and
+    their timeouts overlap; the sharkcage sides do real work (a forkserver,
+    workers), so they get about one slot per core, which keeps each one far
+    from the timeout even on a small machine.
+    """
+    cores = os.cpu_count() or 2
+    return {STDLIB: 10, SHARKCAGE: max(2, min(6, cores))}
 
 
 def run_all(names: list[str], timeout: float, progress=None) -> dict[tuple[str, str], SideResult]:
-    """Run both sides of every named scenario, some of them at the same time."""
-    jobs = [(name, side) for name in names for side in SIDES]
+    """Run both sides of every named scenario, many of them at the same time."""
     results: dict[tuple[str, str], SideResult] = {}
     lock = threading.Lock()
-    with concurrent.futures.ThreadPoolExecutor(_parallelism(), thread_name_prefix="tank") as ex:
-        futures = {ex.submit(run_side, BY_NAME[name], side, timeout): (name, side) for name, side in jobs}
+    slots = _parallelism()
+    executors = {
+        side: concurrent.futures.ThreadPoolExecutor(slots[side], thread_name_prefix=f"tank-{side}")
+        for side in SIDES
+    }
+    try:
+        futures = {
+            executors[side].submit(run_side, BY_NAME[name], side, timeout): (name, side)
+            for side in SIDES for name in names
+        }
         for fut in concurrent.futures.as_completed(futures):
             key = futures[fut]
             try:
@@ -484,7 +496,10 @@ def run_all(names: list[str], timeout: float, progress=None) -> dict[tuple[str, 
             with lock:
                 results[key] = res
             if progress is not None:
-                progress(key, res, len(results), len(jobs))
+                progress(key, res, len(results), len(futures))
+    finally:
+        for ex in executors.values():
+            ex.shutdown(wait=True)
     return results
 
 
