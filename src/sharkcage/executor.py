@@ -139,7 +139,13 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         if wait:
             self._backend.join()
 
-    def __exit__(self, *exc_info) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            # Ctrl-C: stop now (guarantee 8), do not wait for running tasks.
+            self._shutdown = True
+            self._backend.terminate("the executor was stopped by KeyboardInterrupt")
+            self._backend.join(2.0)
+            return False
         self.shutdown(wait=True)
         return False
 
