@@ -28,7 +28,8 @@ from sharkcage.errors import (
 from sharkcage._engine.worker import worker_info, worker_state
 from sharkcage.executor import ProcessPoolExecutor
 from sharkcage.pool import Pool
-from sharkcage.results import AsyncResult, IMapIterator, MapResult
+from sharkcage.actors import ActorProxy
+from sharkcage.results import AsyncIMapIterator, AsyncResult, AwaitableFuture, IMapIterator, MapResult
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,9 @@ __all__ = [
     "AsyncResult",
     "MapResult",
     "IMapIterator",
+    "AsyncIMapIterator",
+    "AwaitableFuture",
+    "ActorProxy",
     "worker_state",
     "worker_info",
     "SharkcageError",

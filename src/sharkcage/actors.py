@@ -24,7 +24,6 @@ An actor takes a process of its own, *in addition to* the pool's
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import warnings
 from typing import Any
@@ -33,24 +32,7 @@ from sharkcage._engine import batching
 from sharkcage._engine.worker import CALL, worker_state
 from sharkcage.backends import create_backend
 from sharkcage.errors import SharkcageError
-from sharkcage.results import FutureJob
-
-
-class AwaitableFuture(concurrent.futures.Future):
-    """A real ``concurrent.futures.Future`` that ``await`` also accepts.
-
-    >>> import asyncio
-    >>> f = AwaitableFuture(); f.set_result(3)
-    >>> asyncio.run(_await(f))
-    3
-    """
-
-    def __await__(self):
-        return asyncio.wrap_future(self).__await__()
-
-
-async def _await(f):
-    return await f
+from sharkcage.results import AwaitableFuture, FutureJob
 
 
 def _build(cls, args, kwargs):

@@ -21,7 +21,7 @@ from sharkcage._engine import batching, serialize
 from sharkcage._engine.worker import CALL, STARMAP
 from sharkcage.backends import create_backend
 from sharkcage.pool import _FEEDER_FACTOR, _finalize_backend, _per_call
-from sharkcage.results import FutureJob, IMapIterator, force_cancel
+from sharkcage.results import AwaitableFuture, FutureJob, IMapIterator, force_cancel
 
 import weakref
 
@@ -87,7 +87,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         fn_id = self._backend.register_function(fn, per_call=_per_call(fn))
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        future: concurrent.futures.Future = AwaitableFuture()
         job = FutureJob(future, f"submit({serialize.callable_name(fn)})")
         future._sharkcage_job = job  # for cancel(); Future has a __dict__
         batch = batching.single(job, fn_id, CALL, (args, kwargs))

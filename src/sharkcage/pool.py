@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 from sharkcage._engine import batching, serialize
 from sharkcage._engine.worker import CALL, MAP, STARMAP
 from sharkcage.backends import create_backend
-from sharkcage.results import AsyncResult, IMapIterator, MapResult
+from sharkcage.results import AsyncIMapIterator, AsyncResult, IMapIterator, MapResult
 
 _RUN = "RUN"
 _CLOSE = "CLOSE"
@@ -180,6 +180,14 @@ class Pool:
     def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> IMapIterator:
         """Lazy ``map``: results in completion order; input consumed lazily."""
         return self._imap(func, iterable, chunksize, False)
+
+    def aimap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> AsyncIMapIterator:
+        """``async for`` over ``imap``: ordered results, the event loop never blocked."""
+        return AsyncIMapIterator(self._imap(func, iterable, chunksize, True))
+
+    def aimap_unordered(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> AsyncIMapIterator:
+        """``async for`` over ``imap_unordered``: results in completion order."""
+        return AsyncIMapIterator(self._imap(func, iterable, chunksize, False))
 
     def _imap(self, func, iterable, chunksize, ordered: bool, kind: int = MAP) -> IMapIterator:
         self._check_running()

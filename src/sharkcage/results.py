@@ -86,7 +86,7 @@ class AsyncResult(Job):
     (True, True, (3, 1))
     """
 
-    __slots__ = ("_event", "_ok", "_value", "_callback", "_error_callback", "_backend", "_lock")
+    __slots__ = ("_event", "_ok", "_value", "_callback", "_error_callback", "_backend", "_lock", "_done_callbacks")
 
     def __init__(self, backend, name: str, callback=None, error_callback=None, kind: str = "apply"):
         super().__init__(name, kind)
@@ -97,6 +97,7 @@ class AsyncResult(Job):
         self._callback = callback
         self._error_callback = error_callback
         self._lock = threading.Lock()
+        self._done_callbacks: list = []
 
     # -- stdlib API ---------------------------------------------------------
     def ready(self) -> bool:
@@ -137,9 +138,43 @@ class AsyncResult(Job):
         return self.cancel_requested
 
     def __await__(self):
+        """``await result``: the value, or the task's exception, without
+        blocking the event loop (no thread waits on it)."""
         import asyncio
 
-        return asyncio.get_running_loop().run_in_executor(None, self.get).__await__()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+
+        def wake():
+            def settle():
+                if waiter.done():
+                    return
+                if self._ok:
+                    waiter.set_result(self._value)
+                else:
+                    waiter.set_exception(self._value)
+
+            loop.call_soon_threadsafe(settle)
+
+        self._on_done(wake)
+        return waiter.__await__()
+
+    def _on_done(self, fn) -> None:
+        with self._lock:
+            if not self._event.is_set():
+                self._done_callbacks.append(fn)
+                return
+        fn()
+
+    def _mark_done(self) -> None:
+        with self._lock:
+            self._event.set()
+            callbacks, self._done_callbacks = self._done_callbacks, []
+        for fn in callbacks:
+            try:
+                fn()
+            except Exception:  # a closed event loop: nobody is waiting any more
+                pass
 
     # -- engine side ----------------------------------------------------------
     def deliver(self, index: int, ok: bool, value) -> None:
@@ -156,13 +191,13 @@ class AsyncResult(Job):
         if cb is not None and not isinstance(value, concurrent.futures.CancelledError):
             self._backend.callbacks.call(self._run_callback, cb, value)
         else:
-            self._event.set()
+            self._mark_done()
 
     def _run_callback(self, cb, value) -> None:
         try:
             cb(value)
         finally:
-            self._event.set()
+            self._mark_done()
 
 
 # the stdlib's name for it
@@ -213,7 +248,7 @@ class IMapIterator(Job):
     """
 
     __slots__ = ("_backend", "_cond", "_ordered", "_results", "_next_index", "_yielded", "_total",
-                 "_arrived", "_feeder_stop", "_on_consume")
+                 "_arrived", "_feeder_stop", "_on_consume", "_async_wake")
 
     def __init__(self, backend, name: str, ordered: bool):
         super().__init__(name, kind="imap" if ordered else "imap_unordered")
@@ -227,6 +262,7 @@ class IMapIterator(Job):
         self._total: int | None = None  # known once the input is exhausted
         self._feeder_stop = False
         self._on_consume = None
+        self._async_wake = None  # set by AsyncIMapIterator: wakes an event loop
 
     def describe(self, index: int) -> str:
         return f"item {index} of {self.name}"
@@ -241,11 +277,15 @@ class IMapIterator(Job):
             else:
                 self._arrived.append((ok, value))
             self._cond.notify_all()
+        if self._async_wake is not None:
+            self._async_wake()
 
     def set_total(self, total: int) -> None:
         with self._cond:
             self._total = total
             self._cond.notify_all()
+        if self._async_wake is not None:
+            self._async_wake()
 
     def consumed(self) -> int:
         return self._yielded
@@ -298,6 +338,76 @@ class IMapIterator(Job):
 
     def __del__(self):
         self._feeder_stop = True
+
+
+class AsyncIMapIterator:
+    """``async for`` over ``imap``/``imap_unordered`` (``pool.aimap`` and
+    ``pool.aimap_unordered``): results as they come, and the event loop never
+    blocks waiting for them.
+
+    >>> import asyncio
+    >>> from sharkcage import Pool
+    >>> async def main(pool):
+    ...     return [x async for x in pool.aimap(abs, [-1, -2, -3])]
+    >>> with Pool(2) as pool:
+    ...     asyncio.run(main(pool))
+    [1, 2, 3]
+    """
+
+    def __init__(self, it: IMapIterator):
+        self._it = it
+        self._event = None
+        self._loop = None
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        import asyncio
+
+        if self._event is None:
+            self._loop = asyncio.get_running_loop()
+            self._event = asyncio.Event()
+            loop, event = self._loop, self._event
+
+            def wake():
+                try:
+                    loop.call_soon_threadsafe(event.set)
+                except RuntimeError:  # the loop is closed
+                    pass
+
+            self._it._async_wake = wake
+        while True:
+            self._event.clear()
+            try:
+                return self._it.next(timeout=0)
+            except StopIteration:
+                raise StopAsyncIteration from None
+            except multiprocessing.TimeoutError:
+                pass
+            if self._it._backend.done.is_set():
+                return self._it.next(timeout=1.0)  # settles, or raises SharkcageError
+            try:
+                await asyncio.wait_for(self._event.wait(), _SLICE)
+            except asyncio.TimeoutError:
+                pass
+
+
+class AwaitableFuture(concurrent.futures.Future):
+    """A real ``concurrent.futures.Future`` that ``await`` also accepts.
+
+    >>> import asyncio
+    >>> f = AwaitableFuture(); f.set_result(3)
+    >>> async def main():
+    ...     return await f
+    >>> asyncio.run(main())
+    3
+    """
+
+    def __await__(self):
+        import asyncio
+
+        return asyncio.wrap_future(self).__await__()
 
 
 class FutureJob(Job):

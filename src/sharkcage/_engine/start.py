@@ -37,13 +37,17 @@ _patched = False
 
 
 def _patch_preparation_data() -> None:
-    """Do not make workers re-run a main script that does not exist.
+    """sharkcage workers never re-run the parent's main script.
 
-    multiprocessing's spawn/forkserver children re-import the parent's main
-    script from ``__main__.__file__`` — which is ``'<stdin>'`` for code piped
-    to ``python -``, so every child dies with FileNotFoundError. sharkcage
-    ships ``__main__`` functions and classes by value, so such a child
-    needs no main module at all: drop the path when it names no file.
+    multiprocessing's spawn/forkserver children re-import the main script
+    (as ``__mp_main__``) so that functions pickled by name resolve. That is
+    seed 003's shark — an unguarded ``Pool()`` at module level spawns
+    forever — and it breaks code piped to ``python -`` (``'<stdin>'`` is no
+    file). sharkcage ships ``__main__`` functions and classes by value
+    (cloudpickle), so its workers need no main module at all: for processes
+    named ``sharkcage-*`` the main-module entries are dropped. Other
+    processes keep the stdlib's behaviour, except that a main path naming
+    no file is dropped instead of killing the child.
     """
     global _patched
     if _patched:
@@ -54,9 +58,13 @@ def _patch_preparation_data() -> None:
 
     def get_preparation_data(name):
         data = original(name)
-        path = data.get("init_main_from_path")
-        if path is not None and not os.path.isfile(path):
-            del data["init_main_from_path"]
+        if isinstance(name, str) and name.startswith("sharkcage-"):
+            data.pop("init_main_from_name", None)
+            data.pop("init_main_from_path", None)
+        else:
+            path = data.get("init_main_from_path")
+            if path is not None and not os.path.isfile(path):
+                del data["init_main_from_path"]
         return data
 
     get_preparation_data.__wrapped__ = original

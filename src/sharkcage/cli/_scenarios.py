@@ -360,25 +360,17 @@ _COUNTER_SHARKCAGE = _COUNTER + r'''
         return self.count
 
 with Pool(1) as pool:
-    if hasattr(pool, "actor"):
-        # The pool pattern for state: the object lives in one worker.
-        counter = pool.actor(Counter)
-        results = [counter.add(x) for x in [(1, 1), (2, 2), (3, 3)]]
-        count = counter.total()
-        how = "actor: "
-    else:
-        # No actor API in this build: run the very same code as the stdlib.
-        counter = Counter()
-        results = list(pool.imap(counter.add, [(1, 1), (2, 2), (3, 3)]))
-        count = counter.count
-        how = "Pool.actor not in this build; same code: "
+    # The pool pattern for state: an actor. The object lives in one worker,
+    # its methods run there in call order, and its state persists.
+    counter = pool.actor(Counter)
+    results = [counter.add(x) for x in [(1, 1), (2, 2), (3, 3)]]
+    count = counter.total()
     if results != [2, 4, 6]:
-        report("wrong", None, how + "results %r" % results)
+        report("wrong", None, "results %r" % results)
     elif count != 3:
-        report("wrong", None, how + "parent count %d after 3 calls" % count,
-               short="parent count %d" % count, informational=not hasattr(pool, "actor"))
+        report("wrong", None, "actor count %d after 3 calls" % count, short="actor count %d" % count)
     else:
-        report("ok", None, how + "count %d after 3 calls" % count)
+        report("ok", None, "pool.actor(Counter): count %d after 3 calls; results right" % count)
 '''
 
 _EXIT = r'''

@@ -8,7 +8,7 @@ then is shown as ``hung N s``, and its whole process group (workers
 included) is killed, so nothing outlives the demo. The sharkcage side runs
 in a child too, so a sharkcage bug can never hang the demo itself.
 
-Exit status: 0 when every counted sharkcage row is clean (the outcome the
+Exit status: 0 when every sharkcage row is clean (the outcome the
 contract promises, the process exited and left no process behind), 1
 otherwise, 2 for bad usage (an unknown scenario name, a bad timeout).
 
@@ -68,7 +68,6 @@ class SideResult:
     exit_hung: bool = False
     leftovers: int = 0
     stderr: str = ""  # the last error-looking line on stderr, if any
-    informational: bool = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -311,7 +310,6 @@ def _classify(report: dict | None, proc: subprocess.Popen, timeout: float, wall:
         shown=str(report.get("shown") or ""),
         elapsed=float(report.get("elapsed") or wall),
         wall=wall,
-        informational=bool(report.get("informational")),
     )
 
 
@@ -360,10 +358,7 @@ def _expected_exc(scenario: Scenario) -> str | None:
 
 
 def _verdict(row: dict) -> str:
-    sk = row["sharkcage"]
-    if sk["clean"]:
-        return "caged"
-    return "not counted" if not sk["counted"] else "BITES"
+    return "caged" if row[SHARKCAGE]["clean"] else "BITES"
 
 
 def _side_json(result: SideResult, text: str) -> dict:
@@ -386,13 +381,7 @@ def build_rows(names: list[str], results: dict[tuple[str, str], SideResult]) -> 
             "shows": s.shows,
             "expect": s.expect,
             STDLIB: _side_json(std, cell(std)),
-            SHARKCAGE: dict(
-                _side_json(sk, cell(sk, _expected_exc(s))),
-                clean=clean,
-                # A row the sharkcage build cannot answer yet (no actor API)
-                # is shown, but does not decide the exit status.
-                counted=clean or not sk.informational,
-            ),
+            SHARKCAGE: dict(_side_json(sk, cell(sk, _expected_exc(s))), clean=clean),
         }
         row["verdict"] = _verdict(row)
         rows.append(row)
@@ -443,15 +432,13 @@ def format_table(rows: list[dict], timeout: float, total: float) -> str:
             if d["stderr"] and d["outcome"] in ("hung", "died"):
                 text += f"; its stderr: {d['stderr']}"
             out.append(f"    {side:<9} {text}")
-    counted = [r for r in rows if r[SHARKCAGE]["counted"]]
-    caged = sum(r[SHARKCAGE]["clean"] for r in counted)
+    caged = sum(r[SHARKCAGE]["clean"] for r in rows)
     kinds = {"hung": "hung", "error": "error", "wrong": "wrong result", "died": "died", "ok": "ok"}
     tally = {k: sum(r[STDLIB]["outcome"] == k for r in rows) for k in kinds}
     stdlib = ", ".join(f"{n} {kinds[k]}" for k, n in tally.items() if n)
     out.append("")
     out.append(
-        f"stdlib: {stdlib}. sharkcage: clean in {caged}/{len(counted)} counted rows"
-        + (f" ({len(rows) - len(counted)} not counted)" if len(counted) < len(rows) else "")
+        f"stdlib: {stdlib}. sharkcage: clean in {caged}/{len(rows)}"
         + f"; timeout {timeout:g} s per side; {total:.1f} s in all."
     )
     out.append("What each scenario shows: docs/tank.md")
@@ -519,7 +506,7 @@ def _progress_printer(timeout: float):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the tank; 0 if every counted sharkcage row is clean, 1 if not, 2 on bad usage."""
+    """Run the tank; 0 if every sharkcage row is clean, 1 if not, 2 on bad usage."""
     try:
         names = select(args.only)
     except ValueError as exc:
@@ -532,7 +519,7 @@ def run(args: argparse.Namespace) -> int:
     results = run_all(names, args.timeout, None if args.json else _progress_printer(args.timeout))
     total = time.monotonic() - start
     rows = build_rows(names, results)
-    ok = all(r[SHARKCAGE]["clean"] for r in rows if r[SHARKCAGE]["counted"])
+    ok = all(r[SHARKCAGE]["clean"] for r in rows)
     if args.json:
         json.dump(
             {"timeout": args.timeout, "elapsed": round(total, 3), "clean": ok, "python": sys.version.split()[0],
