@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 from sharkcage._engine import batching, serialize
 from sharkcage._engine.worker import CALL, STARMAP
 from sharkcage.backends import create_backend
-from sharkcage.pool import _FEEDER_FACTOR, _finalize_backend, _per_call
+from sharkcage.pool import _finalize_backend, _per_call
 from sharkcage.results import AwaitableFuture, FutureJob, IMapIterator, force_cancel
 
 import weakref
@@ -96,23 +96,23 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         return future
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int = 1) -> Iterator:
+            chunksize: int | None = None) -> Iterator:
         """Lazy ``map(fn, *iterables)`` over the pool, results in order.
 
         Unlike the stdlib, the input is consumed lazily with a bounded number
         of tasks in flight, so an infinite iterable works. ``timeout`` counts
-        from this call, as in the stdlib.
+        from this call, as in the stdlib. Without ``chunksize``, chunks are
+        sized from the measured task time; an explicit one is obeyed.
         """
         self._check_open()
-        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+        if chunksize is not None and (isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1):
             raise ValueError("chunksize must be >= 1.")
         if not callable(fn):
             raise TypeError(f"{fn!r} is not callable")
         deadline = None if timeout is None else time.monotonic() + timeout
         fn_id = self._backend.register_function(fn, per_call=_per_call(fn))
         job = IMapIterator(self._backend, f"map({serialize.callable_name(fn)})", True)
-        limit = _FEEDER_FACTOR * self._max_workers * chunksize + self._max_workers
-        feeder = batching.Feeder(self._backend, job, zip(*iterables), fn_id, STARMAP, chunksize, limit)
+        feeder = batching.Feeder(self._backend, job, zip(*iterables), fn_id, STARMAP, chunksize, self._max_workers)
         return _results(job, feeder, deadline, self._backend)
 
     def cancel(self, future: concurrent.futures.Future) -> bool:

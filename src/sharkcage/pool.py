@@ -24,8 +24,6 @@ _RUN = "RUN"
 _CLOSE = "CLOSE"
 _TERMINATE = "TERMINATE"
 
-_FEEDER_FACTOR = 2  # imap keeps at most this many chunks per worker in flight
-
 
 def _fn_name(func) -> str:
     return serialize.callable_name(func)
@@ -192,11 +190,10 @@ class Pool:
     def _imap(self, func, iterable, chunksize, ordered: bool, kind: int = MAP) -> IMapIterator:
         self._check_running()
         fn_id = self._fn(func)
-        size = 1 if chunksize is None else self._chunksize(0, chunksize)
+        size = None if chunksize is None else self._chunksize(0, chunksize)
         verb = "imap" if ordered else "imap_unordered"
         job = IMapIterator(self._backend, f"{verb}({_fn_name(func)})", ordered)
-        limit = _FEEDER_FACTOR * self._processes * size + self._processes
-        batching.Feeder(self._backend, job, iterable, fn_id, kind, size, limit)
+        batching.Feeder(self._backend, job, iterable, fn_id, kind, size, self._processes)
         return job
 
     # ------------------------------------------------------------------

@@ -238,6 +238,26 @@ class MapResult(AsyncResult):
         self._settle(self._ok, value)
 
 
+def _deliver_map_range(self, indices, values) -> None:
+    with self._lock:
+        if self._event.is_set() or self._ok is not None or self._values is None:
+            return
+        if isinstance(indices, range) and indices.step == 1:
+            self._values[indices.start:indices.stop] = values
+        else:
+            for i, v in zip(indices, values):
+                self._values[i] = v
+        self._left -= len(values)
+        if self._left:
+            return
+        self._ok = self._first_error is None
+        value = self._values if self._ok else self._first_error
+    self._settle(self._ok, value)
+
+
+MapResult.deliver_range = _deliver_map_range
+
+
 class IMapIterator(Job):
     """The iterator of ``imap``/``imap_unordered`` (and of executor ``map``).
 
@@ -276,6 +296,20 @@ class IMapIterator(Job):
                 self._results[index] = (ok, value)
             else:
                 self._arrived.append((ok, value))
+            self._cond.notify_all()
+        if self._async_wake is not None:
+            self._async_wake()
+
+    def deliver_range(self, indices, values) -> None:
+        with self._cond:
+            if self._ordered:
+                results = self._results
+                low = self._next_index
+                for index, value in zip(indices, values):
+                    if index >= low and index not in results:
+                        results[index] = (True, value)
+            else:
+                self._arrived.extend((True, v) for v in values)
             self._cond.notify_all()
         if self._async_wake is not None:
             self._async_wake()
@@ -421,6 +455,9 @@ class FutureJob(Job):
 
     def is_cancelled(self, index: int) -> bool:
         return self.cancel_requested or self.future.cancelled()
+
+    def start_batch(self, indices) -> bool:
+        return self.start(0)
 
     def start(self, index: int) -> bool:
         fut = self.future

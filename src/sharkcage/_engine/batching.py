@@ -27,12 +27,12 @@ from sharkcage._engine.supervisor import Batch
 def pickle_chunk(items: list, job, first_index: int, fn_id: int, kind: int, raise_errors: bool):
     """One batch for ``items``; returns (batch or None, [(index, error)])."""
     try:
-        return Batch(fn_id, kind, [(job, first_index + k) for k in range(len(items))], items,
-                     serialize.dumps(items), False), []
+        return Batch(fn_id, kind, None, items, serialize.dumps(items), False,
+                     job=job, indices=range(first_index, first_index + len(items))), []
     except BaseException as e:  # noqa: BLE001 - SystemExit in __reduce__ included
         if isinstance(e, KeyboardInterrupt):
             raise
-    payloads, targets, kept, errors = [], [], [], []
+    payloads, indices, kept, errors = [], [], [], []
     for k, item in enumerate(items):
         try:
             payloads.append(serialize.dumps(item))
@@ -44,11 +44,11 @@ def pickle_chunk(items: list, job, first_index: int, fn_id: int, kind: int, rais
                 raise err from None
             errors.append((first_index + k, err))
             continue
-        targets.append((job, first_index + k))
+        indices.append(first_index + k)
         kept.append(item)
-    if not targets:
+    if not indices:
         return None, errors
-    return Batch(fn_id, kind, targets, kept, payloads, True), errors
+    return Batch(fn_id, kind, None, kept, payloads, True, job=job, indices=indices), errors
 
 
 def single(job, fn_id: int, kind: int, item) -> Batch:
@@ -59,7 +59,7 @@ def single(job, fn_id: int, kind: int, item) -> Batch:
         if isinstance(e, KeyboardInterrupt):
             raise
         raise serialize.serialization_error("argument", job.describe(0), item, e) from None
-    return Batch(fn_id, kind, [(job, 0)], [item], [payload], True)
+    return Batch(fn_id, kind, None, [item], [payload], True, job=job, indices=[0])
 
 
 def chunks(items: list, chunksize: int):
@@ -67,23 +67,45 @@ def chunks(items: list, chunksize: int):
         yield start, items[start : start + chunksize]
 
 
+_FEEDER_FACTOR = 2  # chunks per worker in flight beyond what the consumer took
+TARGET_CHUNK_SECONDS = 0.005  # adaptive chunks aim at this much work each
+MAX_ADAPTIVE_CHUNK = 4096
+
+
 class Feeder:
     """Pulls a (possibly infinite) iterable into the pool, a chunk at a time."""
 
-    def __init__(self, backend, job, iterable, fn_id: int, kind: int, chunksize: int, limit: int):
+    def __init__(self, backend, job, iterable, fn_id: int, kind: int, chunksize: int | None, workers: int):
+        """``chunksize=None`` adapts: chunks sized from the measured task time
+        so each takes about ``TARGET_CHUNK_SECONDS`` (one item until the
+        first measurement); in flight stay at most ``2 * workers`` chunks
+        (plus ``workers`` items) beyond what the consumer has taken."""
         self.backend = backend
+        self.adaptive = chunksize is None
+        self.workers = workers
         self.job_ref = weakref.ref(job)  # the consumer dropping the iterator stops us
         self.iterator = iter(iterable)
         self.fn_id = fn_id
         self.kind = kind
-        self.chunksize = chunksize
-        self.limit = max(limit, chunksize)
+        self.chunksize = chunksize or 1
+        self.limit = self._limit()
         self.cond = threading.Condition()
         self.stopped = False
         job._on_consume = self.wake
         backend.feeder_started()
         self.thread = mark_own_thread(threading.Thread(target=self._run, name="sharkcage-feeder", daemon=True))
         self.thread.start()
+
+    def _limit(self) -> int:
+        return _FEEDER_FACTOR * self.workers * self.chunksize + self.workers
+
+    def _adapt(self) -> None:
+        avg = self.backend.avg_task_seconds()
+        if avg is None:
+            return
+        size = int(TARGET_CHUNK_SECONDS / max(avg, 1e-7))
+        self.chunksize = max(1, min(MAX_ADAPTIVE_CHUNK, size))
+        self.limit = self._limit()
 
     def wake(self) -> None:
         with self.cond:
@@ -101,6 +123,8 @@ class Feeder:
                 job = self.job_ref()
                 if job is None or self.stopped or job._feeder_stop or self.backend.done.is_set():
                     return
+                if self.adaptive:
+                    self._adapt()
                 # Wait until the consumer has made room (bounded in-flight).
                 with self.cond:
                     while index - job.consumed() >= self.limit:

@@ -42,6 +42,17 @@ class Job:
         """Called when the task is handed to a worker; False drops it (cancelled)."""
         return not self.cancel_requested
 
+    def start_batch(self, indices) -> bool:
+        """``start`` for a chunk of this job: all or nothing."""
+        if len(indices) == 1:
+            return self.start(indices[0])
+        return not self.cancel_requested
+
+    def deliver_range(self, indices, values) -> None:
+        """Successful values for several indices at once (a finished chunk)."""
+        for index, value in zip(indices, values):
+            self.deliver(index, True, value)
+
     def deliver(self, index: int, ok: bool, value) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 

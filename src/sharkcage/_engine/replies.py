@@ -15,6 +15,25 @@ from sharkcage._engine.worker import BAD_ARGUMENT, OK, RAISED
 from sharkcage.errors import SerializationError
 
 
+def settle_batch(tag: str, data, batch, deliver) -> None:
+    """:func:`settle` for a Batch; a chunk of one job that all succeeded is
+    handed over in one call (``Job.deliver_range``), not item by item."""
+    if tag == "done" and batch.job is not None:
+        try:
+            values = serialize.loads(data)
+        except BaseException:  # noqa: BLE001 - the slow path names each failure
+            values = None
+        if values is not None and len(values) == len(batch.items):
+            try:
+                batch.job.deliver_range(batch.indices, values)
+            except BaseException:  # noqa: BLE001 - a broken job must not stop the engine
+                import logging
+
+                logging.getLogger("sharkcage").exception("delivering %s failed", batch.job.name)
+            return
+    settle(tag, data, batch.targets, deliver)
+
+
 def settle(tag: str, data, targets: list, deliver) -> None:
     """Call ``deliver(job, index, ok, value)`` once for every (job, index) in targets."""
     if tag == "done":

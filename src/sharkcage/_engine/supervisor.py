@@ -52,6 +52,7 @@ from sharkcage._engine.worker import (
     SLOT_ITEM,
     SLOT_SIZE,
     SLOT_START,
+    Slot,
 )
 from sharkcage.errors import (
     SharkcageError,
@@ -70,20 +71,39 @@ _SIMPLE = (int, float, str, bytes, bool, type(None), complex)
 
 
 class Batch:
-    """Items of one or more jobs sent to a worker as one message."""
+    """Items of one or more jobs sent to a worker as one message.
 
-    __slots__ = ("id", "fn_id", "kind", "targets", "items", "payload", "split", "attempts", "sent_at")
+    A batch of one job keeps ``job`` and ``indices`` (a range for a chunk),
+    so the hot path never builds a per-item list; ``targets`` — one
+    ``(job, index)`` per item — is made on demand, or given for a batch that
+    coalesces several jobs (then ``job`` is None).
+    """
 
-    def __init__(self, fn_id: int, kind: int, targets: list, items: list, payload, split: bool, attempts: int = 0):
+    __slots__ = ("id", "fn_id", "kind", "job", "indices", "_targets", "items", "payload", "split", "attempts",
+                 "sent_at")
+
+    def __init__(self, fn_id: int, kind: int, targets: list | None, items: list, payload, split: bool,
+                 attempts: int = 0, *, job=None, indices=None):
         self.id = 0
         self.fn_id = fn_id
         self.kind = kind
-        self.targets = targets  # [(job, index)] one per item
+        self.job = job
+        self.indices = indices
+        self._targets = targets  # [(job, index)] one per item, or None: made from job + indices
         self.items = items  # the original argument items, to re-split after a crash
         self.payload = payload  # one pickle of items, or (split) a list of per-item pickles
         self.split = split
         self.attempts = attempts
         self.sent_at = 0.0
+
+    @property
+    def targets(self) -> list:
+        if self._targets is None:
+            self._targets = [(self.job, i) for i in self.indices]
+        return self._targets
+
+    def __len__(self) -> int:
+        return len(self.items)
 
 
 class _Worker:
@@ -191,7 +211,8 @@ class Supervisor:
         self.broken: BaseException | None = None
         self._init_failures = 0
         self._last_init_error = ""
-        self._avg_task = 0.0  # EWMA of item run time, seconds (dispatch depth)
+        self._avg_task = 0.0  # EWMA of item run time, seconds (dispatch depth, adaptive chunks)
+        self._task_samples = 0
         self.crashes = 0
         self.restarts = 0
         self.callbacks = CallbackRunner(f"sharkcage-callbacks-{config.name}")
@@ -201,6 +222,7 @@ class Supervisor:
             finalizer=fin,
             maxtasksperchild=config.maxtasksperchild,
             max_memory=config.max_memory_per_worker,
+            timed=config.task_timeout is not None,
             log_level=_parent_log_level(),
         )
         _read_oom_baseline()
@@ -294,6 +316,10 @@ class Supervisor:
     def pending_count(self) -> int:
         return len(self.pending)
 
+    def avg_task_seconds(self) -> float | None:
+        """Measured run time of one item (an average), or None before any."""
+        return self._avg_task if self._task_samples else None
+
     # ------------------------------------------------------------------
     # The loop
 
@@ -364,15 +390,15 @@ class Supervisor:
 
     def _running_item(self, w: _Worker):
         """(batch_id, item, start) of the item the worker runs now, or None."""
-        v = w.slot_view
-        batch_id = v[SLOT_BATCH]
+        q = w.slot_view.q
+        batch_id = q[SLOT_BATCH]
         if batch_id < 0:
             return None
-        item = v[SLOT_ITEM]
-        started = v[SLOT_START]
-        if v[SLOT_BATCH] != batch_id:  # torn read: the worker moved on
+        item = q[SLOT_ITEM]
+        started = w.slot_view.d[SLOT_START]
+        if q[SLOT_BATCH] != batch_id:  # torn read: the worker moved on
             return None
-        return int(batch_id), int(item), started
+        return batch_id, item, started
 
     # ------------------------------------------------------------------
     # Commands
@@ -446,7 +472,12 @@ class Supervisor:
             payload = [b.payload[i] for i in keep]
         else:
             payload = [serialize.dumps(b.items[i]) for i in keep]
-        nb = Batch(b.fn_id, b.kind, [b.targets[i] for i in keep], [b.items[i] for i in keep], payload, True, b.attempts)
+        if b.job is not None:
+            nb = Batch(b.fn_id, b.kind, None, [b.items[i] for i in keep], payload, True, b.attempts,
+                       job=b.job, indices=[b.indices[i] for i in keep])
+        else:
+            nb = Batch(b.fn_id, b.kind, [b.targets[i] for i in keep], [b.items[i] for i in keep], payload, True,
+                       b.attempts)
         self._next_batch += 1
         nb.id = self._next_batch
         return nb
@@ -471,9 +502,9 @@ class Supervisor:
                     s.setsockopt(socket.SOL_SOCKET, opt, 1 << 20)
                 except OSError:
                     pass
-        w.slot = cfg.context.RawArray("d", SLOT_SIZE)
-        w.slot_view = memoryview(w.slot).cast("B").cast("d")
-        w.slot_view[SLOT_BATCH] = -1.0
+        w.slot = cfg.context.RawArray("q", SLOT_SIZE)
+        w.slot_view = Slot(w.slot)
+        w.slot_view.q[SLOT_BATCH] = -1
         wcfg = dict(self._worker_config, worker_id=slot_id)
         from sharkcage._engine import worker as worker_mod
 
@@ -551,11 +582,13 @@ class Supervisor:
             if batch is not None:
                 self._init_failures = 0
                 now = time.monotonic()
-                per_item = (now - max(batch.sent_at, w.last_done)) / max(1, len(batch.targets))
+                elapsed = msg[3] if len(msg) > 3 else now - max(batch.sent_at, w.last_done)
+                per_item = elapsed / max(1, len(batch))
                 w.last_done = now
-                w.tasks_done += len(batch.targets)
-                self._avg_task = 0.8 * self._avg_task + 0.2 * per_item
-                replies.settle(tag, msg[2], batch.targets, self._deliver)
+                w.tasks_done += len(batch)
+                self._avg_task = per_item if not self._task_samples else 0.8 * self._avg_task + 0.2 * per_item
+                self._task_samples += 1
+                replies.settle_batch(tag, msg[2], batch, self._deliver)
         elif tag == "log":
             self._handle_log(msg[1])
         elif tag == "ready":
@@ -656,19 +689,23 @@ class Supervisor:
         pending = self.pending
         while pending:
             b = pending.popleft()
-            live = [k for k, (job, i) in enumerate(b.targets) if job.start(i)]
-            if len(live) != len(b.targets):
-                if not live:
-                    continue
-                b = self._subset(b, live)
+            if b.job is not None:
+                if not b.job.start_batch(b.indices):
+                    continue  # cancelled while pending
+            else:
+                live = [k for k, (job, i) in enumerate(b.targets) if job.start(i)]
+                if len(live) != len(b.targets):
+                    if not live:
+                        continue
+                    b = self._subset(b, live)
             # Coalesce single-task submits into one message, up to a fair share.
-            if b.split and len(b.targets) == 1 and pending:
+            if b.split and len(b) == 1 and pending:
                 share = max(1, min(64, len(pending) // max(1, n_workers)))
                 merged = [b]
                 while pending and len(merged) < share:
                     nxt = pending[0]
                     if not (nxt.split and nxt.fn_id == b.fn_id and nxt.kind == b.kind and nxt.attempts == b.attempts
-                            and len(nxt.targets) == 1):
+                            and len(nxt) == 1):
                         break
                     pending.popleft()
                     if nxt.targets[0][0].start(nxt.targets[0][1]):

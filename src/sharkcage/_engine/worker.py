@@ -33,6 +33,7 @@ task a crash or a timeout belongs to — and when that task's clock started.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import pickle
@@ -53,11 +54,29 @@ from sharkcage._engine.channel import ChannelClosed, WorkerEnd
 OK, RAISED, BAD_ARGUMENT, BAD_RESULT = 0, 1, 2, 3
 # batch kinds: how an item is applied to the function
 CALL, MAP, STARMAP = 0, 1, 2
-# slot fields
+# slot fields: int64 batch id, int64 item index, float64 start time, int64 items done
 SLOT_BATCH, SLOT_ITEM, SLOT_START, SLOT_DONE = 0, 1, 2, 3
 SLOT_SIZE = 4
+SLOT_BYTES = 8 * SLOT_SIZE
+
+
+class Slot:
+    """Typed views over a worker's shared status array (see the module doc).
+
+    Integer fields through ``q`` (int64), the start time through ``d``
+    (float64); the worker writes, the supervisor only reads.
+    """
+
+    __slots__ = ("raw", "q", "d")
+
+    def __init__(self, raw):
+        self.raw = raw
+        mem = memoryview(raw).cast("B")
+        self.q = mem.cast("q")
+        self.d = mem.cast("d")
+
 _SIMPLE = frozenset({int, float, str, bytes, bool, type(None), complex})
-ITEM_UNPICKLING, ITEM_PICKLING = -1.0, -2.0
+ITEM_UNPICKLING, ITEM_PICKLING = -1, -2
 
 
 @dataclass
@@ -195,8 +214,8 @@ def main(sock: socket.socket, slot, config: bytes) -> None:
     worker_id = cfg["worker_id"]
     _info = WorkerInfo(worker_id=worker_id, pid=os.getpid(), tasks_done=0)
     os.environ["SHARKCAGE_WORKER_ID"] = str(worker_id)
-    slot_view = memoryview(slot).cast("B").cast("d")
-    slot_view[SLOT_BATCH] = -1.0
+    slot_view = Slot(slot)
+    slot_view.q[SLOT_BATCH] = -1
 
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -239,20 +258,6 @@ def main(sock: socket.socket, slot, config: bytes) -> None:
     os._exit(0)
 
 
-def _apply(fn, kind: int, item):
-    if kind == MAP:
-        value = fn(item)
-    elif kind == STARMAP:
-        value = fn(*item)
-    else:
-        args, kwargs = item
-        value = fn(*args, **kwargs)
-    if type(value) is _CoroutineType:
-        value = _run_coroutine(value)
-    return value
-
-
-from types import CoroutineType as _CoroutineType  # noqa: E402
 _loop = None
 
 
@@ -275,6 +280,7 @@ def _serve(chan: WorkerEnd, send, slot, cfg) -> str:
     max_memory = cfg["max_memory"]
     sock = chan.sock
     monotonic = time.monotonic
+    timed = cfg["timed"]  # per-item start times only when a deadline or warning needs them
 
     def handle(msg) -> bool:
         tag = msg[0]
@@ -306,19 +312,22 @@ def _serve(chan: WorkerEnd, send, slot, cfg) -> str:
             cancelled.discard(batch_id)
             send(("skipped", batch_id))
             continue
-        slot[SLOT_START] = monotonic()
-        slot[SLOT_ITEM] = ITEM_UNPICKLING
-        slot[SLOT_BATCH] = float(batch_id)
+        slot.d[SLOT_START] = monotonic()
+        slot.q[SLOT_ITEM] = ITEM_UNPICKLING
+        slot.q[SLOT_BATCH] = batch_id
         try:
             fn = load_function(functions, fn_id)
         except BaseException as e:  # noqa: BLE001
             reply = ("fn_failed", batch_id, serialize.pack_exception(e))
         else:
-            reply = run_batch(batch_id, fn, kind, payload, split, slot, monotonic)
-        slot[SLOT_BATCH] = -1.0
+            began = monotonic()
+            reply = run_batch(batch_id, fn, kind, payload, split, slot, timed)
+            # the measured run time rides along: adaptive chunk sizes need it
+            reply = reply + (monotonic() - began,)
+        slot.q[SLOT_BATCH] = -1
         send(reply)
         batches_done += 1
-        _info.tasks_done = int(slot[SLOT_DONE])
+        _info.tasks_done = slot.q[SLOT_DONE]
         retire = None
         if max_batches and batches_done >= max_batches:
             retire = f"maxtasksperchild={max_batches} reached"
@@ -350,56 +359,83 @@ class _Unloadable:
         self.reason = reason
 
 
-class _NoSlot(list):
-    """Stands in for the shared slot where nobody watches (remote backends)."""
+def _caller(fn, kind: int):
+    """A one-argument function that applies ``fn`` to an item of this kind."""
+    if inspect.iscoroutinefunction(fn):
+        inner = _caller(fn, kind)
+        return lambda item: _run_coroutine(inner(item))
+    if kind == MAP:
+        return fn
+    if kind == STARMAP:
+        return lambda item: fn(*item)
+    return lambda item: fn(*item[0], **item[1])
 
-    def __init__(self):
-        super().__init__([-1.0, -1.0, 0.0, 0.0])
 
-
-def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, monotonic=time.monotonic):
+def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, timed: bool = True):
     """Run every item of a batch; the reply tuple for the parent.
 
     Shared by the local worker and the remote backends (Dask, Ray), so every
-    engine reports outcomes the same way (see ``replies.settle``).
+    engine reports outcomes the same way (see ``replies.settle``). The hot
+    loop writes only the running item's index into the slot (and its start
+    time when a deadline or a stuck-task warning needs it); the first failure
+    switches to a per-item record of outcomes.
     """
     if slot is None:
-        slot = _NoSlot()
+        slot = Slot(bytearray(SLOT_BYTES))
+    q, d = slot.q, slot.d
     if split:
-        items = payload  # list of per-item pickles, unpickled one by one below
+        raw_items = payload  # per-item pickles: each unpickled in its own guard
+        items = [None] * len(raw_items)
     else:
         try:
             items = serialize.loads(payload)
         except BaseException as e:  # noqa: BLE001 - SystemExit in __setstate__ included
             return ("bad_chunk", batch_id, serialize.describe_exception(e))
-    results = []
+    call = _caller(fn, kind)
+    monotonic = time.monotonic
+    results: list = []
+    append = results.append
     outcomes = None  # becomes a per-item list at the first failure
-    for i, item in enumerate(items):
-        slot[SLOT_START] = monotonic()
-        slot[SLOT_ITEM] = float(i)
-        if split:
-            try:
-                item = serialize.loads(item)
-            except BaseException as e:  # noqa: BLE001
-                if outcomes is None:
-                    outcomes = [(OK, r) for r in results]
-                outcomes.append((BAD_ARGUMENT, pickle.dumps((type(e).__qualname__, serialize.describe_exception(e)))))
-                results.append(None)
-                slot[SLOT_DONE] += 1
-                continue
+    n = len(items)
+    i = 0
+    while i < n:
         try:
-            value = _apply(fn, kind, item)
+            if split or outcomes is not None or timed:
+                # careful path: one item at a time, everything recorded
+                if timed:
+                    d[SLOT_START] = monotonic()
+                q[SLOT_ITEM] = i
+                if split:
+                    try:
+                        item = serialize.loads(raw_items[i])
+                    except BaseException as e:  # noqa: BLE001
+                        if outcomes is None:
+                            outcomes = [(OK, r) for r in results]
+                        outcomes.append((BAD_ARGUMENT, pickle.dumps((type(e).__qualname__, serialize.describe_exception(e)))))
+                        append(None)
+                        i += 1
+                        continue
+                else:
+                    item = items[i]
+                value = call(item)
+                append(value)
+                if outcomes is not None:
+                    outcomes.append((OK, value))
+                i += 1
+            else:
+                # fast path: a chunk of plain items, no deadline to watch
+                for i in range(i, n):
+                    q[SLOT_ITEM] = i
+                    append(call(items[i]))
+                i = n
         except BaseException as e:  # noqa: BLE001 - SystemExit goes back to the caller too
             if outcomes is None:
                 outcomes = [(OK, r) for r in results]
             outcomes.append((RAISED, serialize.pack_exception(e)))
-            results.append(None)
-        else:
-            results.append(value)
-            if outcomes is not None:
-                outcomes.append((OK, value))
-        slot[SLOT_DONE] += 1
-    slot[SLOT_ITEM] = ITEM_PICKLING
+            append(None)
+            i += 1
+    q[SLOT_DONE] += n
+    q[SLOT_ITEM] = ITEM_PICKLING
     if outcomes is None:
         # One pickle for the whole batch only when no item can fail to
         # unpickle in the parent (plain builtin values); otherwise one pickle

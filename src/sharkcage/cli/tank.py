@@ -48,6 +48,10 @@ _STDLIB_EXIT_WAIT = 0.5
 # Workers still alive this long after a clean sharkcage exit are a leak.
 _LEFTOVER_WAIT = 2.0
 _POLL = 0.05
+# Set on Ctrl-C: every side stops waiting and kills its child at once.
+_STOP = threading.Event()
+# SHARKCAGE_TANK_KEEP=1 keeps each child's folder (stdout, stderr) for a bug report.
+_KEEP = bool(os.environ.get("SHARKCAGE_TANK_KEEP"))
 # A killed side's resource tracker gets this long to unlink its semaphores.
 _TRACKER_WAIT = 2.0
 
@@ -68,6 +72,7 @@ class SideResult:
     exit_hung: bool = False
     leftovers: int = 0
     stderr: str = ""  # the last error-looking line on stderr, if any
+    kept: str = ""  # with SHARKCAGE_TANK_KEEP=1: the folder with its stdout/stderr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -204,7 +209,9 @@ def _kill_all(proc: subprocess.Popen, known: list[int]) -> None:
         return
     trackers: set[int] = set()
     for _ in range(3):  # a fork in flight can add a process: sweep again
-        members = set(_session_pids(proc.pid)) | set(known) | {proc.pid}
+        members = set(_session_pids(proc.pid)) | set(known)
+        if _exit_code(proc) is None:
+            members.add(proc.pid)
         trackers |= {pid for pid in members if _is_resource_tracker(pid)}
         for pid in members - trackers:
             try:
@@ -217,10 +224,6 @@ def _kill_all(proc: subprocess.Popen, known: list[int]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not fail
-        pass
     until = time.monotonic() + _TRACKER_WAIT
     while any(_alive(pid) for pid in trackers) and time.monotonic() < until:
         time.sleep(_POLL)
@@ -229,6 +232,10 @@ def _kill_all(proc: subprocess.Popen, known: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+    try:
+        proc.wait(5)  # reaped last: until now its pid (the session id) stayed taken
+    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL does not fail
+        pass
 
 
 def _alive(pid: int) -> bool:
@@ -239,61 +246,98 @@ def _alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2:][:1] != "Z"
 
 
+def _exit_code(proc: subprocess.Popen) -> int | None:
+    """The child's exit status (as ``Popen.returncode``), or None while it runs.
+
+    On Linux it is read without reaping the child: the zombie keeps its pid,
+    which is also the id of its session, from being reused by another
+    process while the tank still scans and kills that session.
+    """
+    if proc.returncode is not None:
+        return proc.returncode
+    if hasattr(os, "waitid") and hasattr(os, "WNOWAIT"):
+        try:
+            info = os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return proc.poll()
+        if info is None:
+            return None
+        return -info.si_status if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED) else info.si_status
+    return proc.poll()
+
+
+def _wait_until(predicate, until: float) -> bool:
+    """Poll ``predicate`` until it holds or ``until`` passes (or the tank is stopping)."""
+    while not predicate():
+        if time.monotonic() >= until or _STOP.is_set():
+            return predicate()
+        time.sleep(_POLL)
+    return True
+
+
 def run_side(scenario: Scenario, side: str, timeout: float) -> SideResult:
-    """Run one side of ``scenario`` in a fresh session; never longer than ``timeout`` (plus grace)."""
+    """Run one side of ``scenario`` in a fresh session, bounded by ``timeout``.
+
+    Returns what the child reported, or ``hung`` when no result line came in
+    time; either way every process the child started is dead on return.
+    """
     tmp = Path(tempfile.mkdtemp(prefix=f"sharkcage-tank-{scenario.name}-{side}-"))
     out_path, err_path = tmp / "stdout", tmp / "stderr"
     kwargs: dict = {}
     if os.name == "posix":
-        kwargs["start_new_session"] = True  # its own group: one killpg ends its workers too
+        kwargs["start_new_session"] = True  # its own session and group: found and killed as one
     else:  # pragma: no cover
         kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-    # stdout and stderr go to files, not pipes: a hung worker holding a pipe
-    # open can then never block the tank.
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        start = time.monotonic()
-        proc = subprocess.Popen(
-            [sys.executable, "-c", scenario.program(side)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=tmp, env=_child_env(), **kwargs,
-        )
-    deadline = start + timeout
-    report = None
+    scan = os.path.isdir("/proc")
     known: list[int] = []
     try:
-        while True:
-            exited = proc.poll() is not None
-            report = _read_report(out_path)
-            if report is not None or exited or time.monotonic() >= deadline:
-                break
-            known = _descendants(proc.pid) or known
-            time.sleep(_POLL)
-        wall = time.monotonic() - start
-        result = _classify(report, proc, timeout, wall)
-        if report is not None and proc.poll() is None:
-            wait_until = (
-                max(deadline, time.monotonic() + _EXIT_GRACE) if side == SHARKCAGE
-                else time.monotonic() + _STDLIB_EXIT_WAIT
+        # stdout and stderr go to files, not pipes: a hung worker holding a
+        # pipe open can never block the tank.
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            start = time.monotonic()
+            proc = subprocess.Popen(
+                [sys.executable, "-c", scenario.program(side)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=tmp, env=_child_env(), **kwargs,
             )
-            while proc.poll() is None and time.monotonic() < wait_until:
-                time.sleep(_POLL)
-            result.exit_hung = proc.poll() is None
-        if side == SHARKCAGE and proc.poll() is not None and os.name == "posix":
-            # Its workers must go with it (guarantee 8/9): give them a moment.
-            until = time.monotonic() + _LEFTOVER_WAIT
-            while _session_pids(proc.pid) and time.monotonic() < until:
-                time.sleep(_POLL)
-            result.leftovers = len(_session_pids(proc.pid))
+        try:
+            deadline = start + timeout
+            box: dict = {}
+
+            def reported_or_exited() -> bool:
+                box["report"] = _read_report(out_path)
+                if not scan:  # no session scan here: remember the tree to kill it
+                    known[:] = _descendants(proc.pid) or known
+                return box["report"] is not None or _exit_code(proc) is not None
+
+            _wait_until(reported_or_exited, deadline)
+            report = box["report"] if box["report"] is not None else _read_report(out_path)
+            result = _classify(report, _exit_code(proc), timeout, time.monotonic() - start)
+            if _STOP.is_set() and report is None:
+                result.detail = "interrupted"
+            if report is not None and _exit_code(proc) is None:
+                # Reported, still running: sharkcage must also exit (its
+                # teardown is part of the promise); the stdlib's teardown is
+                # not what the demo shows.
+                grace = max(deadline, time.monotonic() + _EXIT_GRACE) if side == SHARKCAGE else (
+                    time.monotonic() + _STDLIB_EXIT_WAIT)
+                result.exit_hung = not _wait_until(lambda: _exit_code(proc) is not None, grace)
+            if side == SHARKCAGE and scan and _exit_code(proc) is not None:
+                # Its workers must go with it (guarantees 8 and 9).
+                _wait_until(lambda: not _session_pids(proc.pid), time.monotonic() + _LEFTOVER_WAIT)
+                result.leftovers = len(_session_pids(proc.pid))
+        finally:
+            _kill_all(proc, known)
+        result.stderr = _stderr_hint(err_path)
+        if _KEEP:
+            result.kept = str(tmp)
+        return result
     finally:
-        _kill_all(proc, known)
-        result_stderr = _stderr_hint(err_path)
-        shutil.rmtree(tmp, ignore_errors=True)
-    result.stderr = result_stderr
-    return result
+        if not _KEEP:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _classify(report: dict | None, proc: subprocess.Popen, timeout: float, wall: float) -> SideResult:
+def _classify(report: dict | None, code: int | None, timeout: float, wall: float) -> SideResult:
     if report is None:
-        code = proc.poll()
         if code is None:
             return SideResult("hung", elapsed=timeout, wall=wall, detail=f"no result in {timeout:g} s; killed")
         return SideResult("died", elapsed=wall, wall=wall, detail=f"exited with status {code} without a result")
@@ -388,6 +432,9 @@ def build_rows(names: list[str], results: dict[tuple[str, str], SideResult]) -> 
     return rows
 
 
+_CELL = 44  # table cells are clipped here; the details below say it all
+
+
 def _clip(text: str, width: int = 150) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 3].rstrip() + "..."
@@ -403,9 +450,9 @@ def format_table(rows: list[dict], timeout: float, total: float) -> str:
     body = [
         (
             r["name"],
-            r[STDLIB]["cell"],
+            _clip(r[STDLIB]["cell"], _CELL),
             _fmt_time(r[STDLIB]["elapsed"]),
-            r[SHARKCAGE]["cell"],
+            _clip(r[SHARKCAGE]["cell"], _CELL),
             _fmt_time(r[SHARKCAGE]["elapsed"]),
             r["verdict"],
         )
@@ -429,8 +476,10 @@ def format_table(rows: list[dict], timeout: float, total: float) -> str:
             message = d["shown"] if d["exc"] == "SystemExit" else d["message"]
             if d["outcome"] == "error" and message and message != text:
                 text = f"{text}: {_clip(message)}" if text else _clip(message)
-            if d["stderr"] and d["outcome"] in ("hung", "died"):
+            if d["stderr"] and (d["outcome"] in ("hung", "died") or not d.get("clean", True)):
                 text += f"; its stderr: {d['stderr']}"
+            if d["kept"]:
+                text += f" [{d['kept']}]"
             out.append(f"    {side:<9} {text}")
     caged = sum(r[SHARKCAGE]["clean"] for r in rows)
     kinds = {"hung": "hung", "error": "error", "wrong": "wrong result", "died": "died", "ok": "ok"}
@@ -484,6 +533,12 @@ def run_all(names: list[str], timeout: float, progress=None) -> dict[tuple[str, 
                 results[key] = res
             if progress is not None:
                 progress(key, res, len(results), len(futures))
+    except BaseException:
+        # Ctrl-C: every running side kills its child now, none starts.
+        _STOP.set()
+        for ex in executors.values():
+            ex.shutdown(wait=False, cancel_futures=True)
+        raise
     finally:
         for ex in executors.values():
             ex.shutdown(wait=True)
@@ -516,7 +571,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"sharkcage tank: error: --timeout must be positive, not {args.timeout:g}", file=sys.stderr)
         return 2
     start = time.monotonic()
-    results = run_all(names, args.timeout, None if args.json else _progress_printer(args.timeout))
+    try:
+        results = run_all(names, args.timeout, None if args.json else _progress_printer(args.timeout))
+    except KeyboardInterrupt:
+        print("\nsharkcage tank: interrupted; every child process was killed", file=sys.stderr)
+        return 130
     total = time.monotonic() - start
     rows = build_rows(names, results)
     ok = all(r[SHARKCAGE]["clean"] for r in rows)
