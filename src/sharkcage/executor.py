@@ -59,6 +59,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         retries: int = 0,
         finalizer: Callable | None = None,
         allow_unsafe_fork: bool = False,
+        warn_after: float | None = None,
     ):
         if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers <= 0):
             raise ValueError("max_workers must be greater than 0")
@@ -69,8 +70,9 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             processes=max_workers, initializer=initializer, initargs=initargs, finalizer=finalizer,
             maxtasksperchild=max_tasks_per_child, context=mp_context, start_method=start_method,
             task_timeout=task_timeout, max_memory_per_worker=max_memory_per_worker,
-            retries=retries, allow_unsafe_fork=allow_unsafe_fork, address=address,
+            retries=retries, allow_unsafe_fork=allow_unsafe_fork, address=address, warn_after=warn_after,
         )
+        self._progress = progress
         self._max_workers = self._backend.config.processes
         self._finalizer = weakref.finalize(self, _finalize_backend, self._backend)
 
@@ -96,7 +98,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         return future
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int | None = None) -> Iterator:
+            chunksize: int | None = None, progress=None) -> Iterator:
         """Lazy ``map(fn, *iterables)`` over the pool, results in order.
 
         Unlike the stdlib, the input is consumed lazily with a bounded number
@@ -112,8 +114,29 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         deadline = None if timeout is None else time.monotonic() + timeout
         fn_id = self._backend.register_function(fn, per_call=_per_call(fn))
         job = IMapIterator(self._backend, f"map({serialize.callable_name(fn)})", True)
+        progress = self._progress if progress is None else progress
+        if progress:
+            from sharkcage.observe.progress import ProgressBar
+
+            sizes = [len(it) for it in iterables if hasattr(it, "__len__")]
+            job.progress = ProgressBar(min(sizes) if len(sizes) == len(iterables) else None, desc=job.name,
+                                       enabled=None if progress == "auto" else True)
         feeder = batching.Feeder(self._backend, job, zip(*iterables), fn_id, STARMAP, chunksize, self._max_workers)
         return _results(job, feeder, deadline, self._backend)
+
+    def stats(self):
+        """As :meth:`sharkcage.Pool.stats`."""
+        return self._backend.recorder.stats()
+
+    def timeline(self, path):
+        """As :meth:`sharkcage.Pool.timeline`."""
+        from sharkcage.observe.timeline import render_timeline
+
+        return render_timeline(self._backend.recorder.events(), path)
+
+    def dump_stacks(self, timeout: float = 2.0) -> dict:
+        """As :meth:`sharkcage.Pool.dump_stacks`."""
+        return self._backend.dump_stacks(timeout)
 
     def cancel(self, future: concurrent.futures.Future) -> bool:
         """Stop a future's task: pending ones are dropped, a running one's worker

@@ -13,6 +13,7 @@ error, and a pool that never hangs.
 from __future__ import annotations
 
 import weakref
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from sharkcage._engine import batching, serialize
@@ -77,6 +78,7 @@ class Pool:
         retries: int = 0,
         finalizer: Callable | None = None,
         allow_unsafe_fork: bool = False,
+        warn_after: float | None = None,
     ):
         self._state = _RUN
         self._progress = progress
@@ -85,7 +87,7 @@ class Pool:
             processes=processes, initializer=initializer, initargs=initargs, finalizer=finalizer,
             maxtasksperchild=maxtasksperchild, context=context, start_method=start_method,
             task_timeout=task_timeout, max_memory_per_worker=max_memory_per_worker,
-            retries=retries, allow_unsafe_fork=allow_unsafe_fork, address=address,
+            retries=retries, allow_unsafe_fork=allow_unsafe_fork, address=address, warn_after=warn_after,
         )
         self._processes = self._backend.config.processes
         self._actors: "weakref.WeakSet" = weakref.WeakSet()
@@ -136,30 +138,46 @@ class Pool:
     # ------------------------------------------------------------------
     # map
 
-    def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
-        """``list(map(func, iterable))``, in parallel; raises the first failure."""
-        return self._map_async(func, iterable, chunksize, MAP, "map").get()
+    def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None, *, progress=None) -> list:
+        """``list(map(func, iterable))``, in parallel; raises the first failure.
 
-    def starmap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
+        ``progress=True`` shows a progress bar for this call.
+        """
+        return self._map_async(func, iterable, chunksize, MAP, "map", progress=progress).get()
+
+    def starmap(self, func: Callable, iterable: Iterable, chunksize: int | None = None, *, progress=None) -> list:
         """Like ``map`` with ``func(*item)`` for each item."""
-        return self._map_async(func, iterable, chunksize, STARMAP, "starmap").get()
+        return self._map_async(func, iterable, chunksize, STARMAP, "starmap", progress=progress).get()
 
     def map_async(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
-                  callback: Callable | None = None, error_callback: Callable | None = None) -> MapResult:
+                  callback: Callable | None = None, error_callback: Callable | None = None,
+                  *, progress=None) -> MapResult:
         """Like ``map`` but returns a :class:`MapResult` at once."""
-        return self._map_async(func, iterable, chunksize, MAP, "map", callback, error_callback)
+        return self._map_async(func, iterable, chunksize, MAP, "map", callback, error_callback, progress)
 
     def starmap_async(self, func: Callable, iterable: Iterable, chunksize: int | None = None,
-                      callback: Callable | None = None, error_callback: Callable | None = None) -> MapResult:
+                      callback: Callable | None = None, error_callback: Callable | None = None,
+                      *, progress=None) -> MapResult:
         """Like ``starmap`` but returns a :class:`MapResult` at once."""
-        return self._map_async(func, iterable, chunksize, STARMAP, "starmap", callback, error_callback)
+        return self._map_async(func, iterable, chunksize, STARMAP, "starmap", callback, error_callback, progress)
 
-    def _map_async(self, func, iterable, chunksize, kind, verb, callback=None, error_callback=None) -> MapResult:
+    def _progress_bar(self, progress, total, desc):
+        progress = self._progress if progress is None else progress
+        if not progress:
+            return None
+        from sharkcage.observe.progress import ProgressBar
+
+        return ProgressBar(total, desc=desc, enabled=None if progress == "auto" else True)
+
+    def _map_async(self, func, iterable, chunksize, kind, verb, callback=None, error_callback=None,
+                   progress=None) -> MapResult:
         self._check_running()
         fn_id = self._fn(func)
         items = iterable if isinstance(iterable, list) else list(iterable)
         size = self._chunksize(len(items), chunksize)
         job = MapResult(self._backend, f"{verb}({_fn_name(func)})", len(items), callback, error_callback)
+        if items:
+            job.progress = self._progress_bar(progress, len(items), job.name)
         batches = []
         for first, chunk in batching.chunks(items, size):
             batch, _ = batching.pickle_chunk(chunk, job, first, fn_id, kind, raise_errors=True)
@@ -171,13 +189,18 @@ class Pool:
     # ------------------------------------------------------------------
     # imap
 
-    def imap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> IMapIterator:
-        """Lazy ``map``: results in order, as they come; input consumed lazily."""
-        return self._imap(func, iterable, chunksize, True)
+    def imap(self, func: Callable, iterable: Iterable, chunksize: int | None = None, *, progress=None) -> IMapIterator:
+        """Lazy ``map``: results in order, as they come; input consumed lazily.
 
-    def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> IMapIterator:
+        Without ``chunksize``, chunks are sized from the measured task time
+        (the stdlib's default of 1 costs a round trip per item).
+        """
+        return self._imap(func, iterable, chunksize, True, progress=progress)
+
+    def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int | None = None, *,
+                       progress=None) -> IMapIterator:
         """Lazy ``map``: results in completion order; input consumed lazily."""
-        return self._imap(func, iterable, chunksize, False)
+        return self._imap(func, iterable, chunksize, False, progress=progress)
 
     def aimap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> AsyncIMapIterator:
         """``async for`` over ``imap``: ordered results, the event loop never blocked."""
@@ -187,14 +210,52 @@ class Pool:
         """``async for`` over ``imap_unordered``: results in completion order."""
         return AsyncIMapIterator(self._imap(func, iterable, chunksize, False))
 
-    def _imap(self, func, iterable, chunksize, ordered: bool, kind: int = MAP) -> IMapIterator:
+    def _imap(self, func, iterable, chunksize, ordered: bool, kind: int = MAP, progress=None) -> IMapIterator:
         self._check_running()
         fn_id = self._fn(func)
         size = None if chunksize is None else self._chunksize(0, chunksize)
         verb = "imap" if ordered else "imap_unordered"
         job = IMapIterator(self._backend, f"{verb}({_fn_name(func)})", ordered)
+        total = len(iterable) if hasattr(iterable, "__len__") else None
+        job.progress = self._progress_bar(progress, total, job.name)
         batching.Feeder(self._backend, job, iterable, fn_id, kind, size, self._processes)
         return job
+
+    # ------------------------------------------------------------------
+    # observability
+
+    def stats(self):
+        """Per-worker tasks, busy and idle time, crashes, restarts, peak RSS;
+        pool-wide counts and the parent-side overhead per task.
+
+        >>> from sharkcage import Pool
+        >>> with Pool(1) as pool:
+        ...     _ = pool.map(abs, range(10))
+        ...     pool.stats().tasks_done
+        10
+        """
+        return self._backend.recorder.stats()
+
+    def timeline(self, path) -> "Path":
+        """Write a self-contained HTML timeline: one lane per worker, one bar
+        per task or chunk, coloured by outcome. Returns the path.
+
+        >>> import os, tempfile
+        >>> from sharkcage import Pool
+        >>> with Pool(1) as pool:
+        ...     _ = pool.map(abs, range(4))
+        ...     path = pool.timeline(os.path.join(tempfile.mkdtemp(), "t.html"))
+        >>> path.exists()
+        True
+        """
+        from sharkcage.observe.timeline import render_timeline
+
+        return render_timeline(self._backend.recorder.events(), path,
+                               title=f"sharkcage timeline ({self._processes} workers)")
+
+    def dump_stacks(self, timeout: float = 2.0) -> dict:
+        """``{pid: Python stack}`` of each busy worker, even one stuck in C code."""
+        return self._backend.dump_stacks(timeout)
 
     # ------------------------------------------------------------------
     # actors

@@ -231,6 +231,10 @@ class MapResult(AsyncResult):
             elif self._first_error is None:
                 self._first_error = value
             self._left -= 1
+            if self.progress is not None:
+                self.progress.ok() if ok else self.progress.error()
+                if not self._left:
+                    self.progress.close()
             if self._left:
                 return
             self._ok = self._first_error is None
@@ -248,6 +252,10 @@ def _deliver_map_range(self, indices, values) -> None:
             for i, v in zip(indices, values):
                 self._values[i] = v
         self._left -= len(values)
+        if self.progress is not None:
+            self.progress.ok(len(values))
+            if not self._left:
+                self.progress.close()
         if self._left:
             return
         self._ok = self._first_error is None
@@ -268,7 +276,7 @@ class IMapIterator(Job):
     """
 
     __slots__ = ("_backend", "_cond", "_ordered", "_results", "_next_index", "_yielded", "_total",
-                 "_arrived", "_feeder_stop", "_on_consume", "_async_wake")
+                 "_arrived", "_feeder_stop", "_on_consume", "_async_wake", "_delivered")
 
     def __init__(self, backend, name: str, ordered: bool):
         super().__init__(name, kind="imap" if ordered else "imap_unordered")
@@ -283,6 +291,7 @@ class IMapIterator(Job):
         self._feeder_stop = False
         self._on_consume = None
         self._async_wake = None  # set by AsyncIMapIterator: wakes an event loop
+        self._delivered = 0
 
     def describe(self, index: int) -> str:
         return f"item {index} of {self.name}"
@@ -296,9 +305,17 @@ class IMapIterator(Job):
                 self._results[index] = (ok, value)
             else:
                 self._arrived.append((ok, value))
+            self._delivered += 1
             self._cond.notify_all()
+        if self.progress is not None:
+            self.progress.ok() if ok else self.progress.error()
+            self._maybe_close_progress()
         if self._async_wake is not None:
             self._async_wake()
+
+    def _maybe_close_progress(self) -> None:
+        if self._total is not None and self._delivered >= self._total:
+            self.progress.close()
 
     def deliver_range(self, indices, values) -> None:
         with self._cond:
@@ -310,7 +327,11 @@ class IMapIterator(Job):
                         results[index] = (True, value)
             else:
                 self._arrived.extend((True, v) for v in values)
+            self._delivered += len(values)
             self._cond.notify_all()
+        if self.progress is not None:
+            self.progress.ok(len(values))
+            self._maybe_close_progress()
         if self._async_wake is not None:
             self._async_wake()
 
@@ -318,6 +339,9 @@ class IMapIterator(Job):
         with self._cond:
             self._total = total
             self._cond.notify_all()
+        if self.progress is not None:
+            self.progress.set_total(total)
+            self._maybe_close_progress()
         if self._async_wake is not None:
             self._async_wake()
 

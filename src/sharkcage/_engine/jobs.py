@@ -23,12 +23,13 @@ log = logging.getLogger("sharkcage")
 class Job:
     """Base sink. Subclasses implement ``_deliver``; ``name`` reads like ``map(square)``."""
 
-    __slots__ = ("name", "kind", "cancel_requested", "__weakref__")
+    __slots__ = ("name", "kind", "cancel_requested", "progress", "__weakref__")
 
     def __init__(self, name: str, kind: str = "apply"):
         self.name = name
         self.kind = kind
         self.cancel_requested = False  # a whole-job cancel (AsyncResult.cancel, executor.cancel)
+        self.progress = None  # an observe.progress.ProgressBar for map-like calls
 
     def describe(self, index: int) -> str:
         if self.kind in ("apply", "submit", "actor"):

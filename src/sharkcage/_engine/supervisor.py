@@ -37,8 +37,10 @@ import logging
 import os
 import pickle
 import selectors
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 import traceback
@@ -47,6 +49,7 @@ from typing import Any, Callable
 from sharkcage._engine import replies, serialize, start
 from sharkcage._engine.channel import ChannelClosed, ParentEnd, encode
 from sharkcage._engine.jobs import CallbackRunner, Job
+from sharkcage._engine.recorder import Recorder, batch_label
 from sharkcage._engine.worker import (
     SLOT_BATCH,
     SLOT_ITEM,
@@ -147,6 +150,7 @@ class PoolConfig:
         restart_crashed=True,
         max_init_failures=_INIT_FAILURES,
         on_restart=None,
+        warn_after=None,
     ):
         self.processes = processes
         self.context = context
@@ -166,6 +170,7 @@ class PoolConfig:
         self.restart_crashed = restart_crashed
         self.max_init_failures = max_init_failures
         self.on_restart = on_restart
+        self.warn_after = warn_after
 
 
 def _parent_log_level() -> int:
@@ -213,8 +218,11 @@ class Supervisor:
         self._last_init_error = ""
         self._avg_task = 0.0  # EWMA of item run time, seconds (dispatch depth, adaptive chunks)
         self._task_samples = 0
-        self.crashes = 0
-        self.restarts = 0
+        self.recorder = Recorder()
+        self._stack_dir = tempfile.mkdtemp(prefix="sharkcage-stacks-")
+        self._slots_used: set[int] = set()
+        self._warned: set = set()  # (pid, batch id, item) already reported by warn_after
+        self._stack_reads: list = []  # (when, worker, label, seconds): warn_after reads pending
         self.callbacks = CallbackRunner(f"sharkcage-callbacks-{config.name}")
         self._worker_config = dict(
             initializer=init,
@@ -222,7 +230,7 @@ class Supervisor:
             finalizer=fin,
             maxtasksperchild=config.maxtasksperchild,
             max_memory=config.max_memory_per_worker,
-            timed=config.task_timeout is not None,
+            timed=config.task_timeout is not None or config.warn_after is not None,
             log_level=_parent_log_level(),
         )
         _read_oom_baseline()
@@ -340,6 +348,7 @@ class Supervisor:
     def _loop_once(self) -> bool:
         timeout = self._next_timeout()
         events = self.selector.select(timeout)
+        began = time.perf_counter()
         for key, mask in events:
             tag, w = key.data
             if tag == "wake":
@@ -365,6 +374,7 @@ class Supervisor:
         if self.state in ("running", "closing") and self.broken is None:
             self._dispatch()
         self._maybe_retire_idle()
+        self.recorder.parent_seconds += time.perf_counter() - began
         return self._finished()
 
     def _next_timeout(self) -> float | None:
@@ -384,6 +394,17 @@ class Supervisor:
                     deadlines.append(now + min(0.02, timeout / 4))
         if self.state == "terminating":
             deadlines.append(now + 0.05)
+        warn = self.config.warn_after
+        if warn is not None:
+            for w in self.workers.values():
+                if w.state != "dead" and w.assigned:
+                    running = self._running_item(w)
+                    if running is not None and running[1] >= 0:
+                        if (w.pid, running[0], running[1]) not in self._warned:
+                            deadlines.append(running[2] + warn)
+                    else:
+                        deadlines.append(now + 0.05)
+            deadlines.extend(r[0] for r in self._stack_reads)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - now)
@@ -420,6 +441,7 @@ class Supervisor:
                         self._next_batch += 1
                         b.id = self._next_batch
                     self.pending.extend(cmd[1])
+                    self.recorder.submitted += sum(len(b) for b in cmd[1])
             elif tag == "cancel":
                 self._cancel(cmd[1], cmd[2])
             elif tag == "close":
@@ -505,7 +527,7 @@ class Supervisor:
         w.slot = cfg.context.RawArray("q", SLOT_SIZE)
         w.slot_view = Slot(w.slot)
         w.slot_view.q[SLOT_BATCH] = -1
-        wcfg = dict(self._worker_config, worker_id=slot_id)
+        wcfg = dict(self._worker_config, worker_id=slot_id, stack_file=self._stack_path(slot_id))
         from sharkcage._engine import worker as worker_mod
 
         proc = cfg.context.Process(
@@ -525,6 +547,8 @@ class Supervisor:
             child_sock.close()
         w.process = proc
         w.pid = proc.pid
+        self.recorder.worker_started(slot_id, proc.pid, replacement=slot_id in self._slots_used)
+        self._slots_used.add(slot_id)
         w.sentinel = proc.sentinel
         w.end = ParentEnd(parent_sock)
         w.started = time.monotonic()
@@ -588,6 +612,13 @@ class Supervisor:
                 w.tasks_done += len(batch)
                 self._avg_task = per_item if not self._task_samples else 0.8 * self._avg_task + 0.2 * per_item
                 self._task_samples += 1
+                if tag == "done":
+                    failed = 0
+                elif tag == "mixed":
+                    failed = sum(1 for status, _ in msg[2] if status)
+                else:
+                    failed = len(batch)
+                self.recorder.batch_done(w.slot_id, w.pid, batch_label(batch), len(batch), failed, elapsed, now)
                 replies.settle_batch(tag, msg[2], batch, self._deliver)
         elif tag == "log":
             self._handle_log(msg[1])
@@ -647,6 +678,7 @@ class Supervisor:
             log.exception("delivering the outcome of %s failed", job.describe(index))
 
     def _fail_batch(self, batch: Batch, exc: BaseException) -> None:
+        self.recorder.failed_without_running(len(batch))
         for job, index in batch.targets:
             self._deliver(job, index, False, exc)
 
@@ -744,6 +776,7 @@ class Supervisor:
                 if w.state != "dead":
                     self._kill(w)
             self._term_deadline = now + 0.5
+        self._check_warn_after(now)
         for w in list(self.workers.values()):
             if w.state == "dead":
                 continue
@@ -755,6 +788,88 @@ class Supervisor:
                 if running is not None and running[1] >= 0 and now - running[2] >= timeout:
                     w.kill_reason = ("timeout", running[0], running[1])
                     self._kill(w)
+
+    # ------------------------------------------------------------------
+    # Stacks of busy workers (dump_stacks, warn_after)
+
+    def _stack_path(self, slot_id: int) -> str:
+        return os.path.join(self._stack_dir, f"worker-{slot_id}.txt")
+
+    def _request_stack(self, w: _Worker) -> bool:
+        try:
+            os.truncate(self._stack_path(w.slot_id), 0)
+        except OSError:
+            pass
+        try:
+            os.kill(w.pid, signal.SIGUSR1)
+            return True
+        except (ProcessLookupError, TypeError):
+            return False
+
+    def _read_stack(self, slot_id: int) -> str:
+        try:
+            with open(self._stack_path(slot_id)) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def dump_stacks(self, timeout: float = 2.0) -> dict[int, str]:
+        """{pid: Python stack} of every busy worker (called from any thread)."""
+        for _ in range(3):
+            try:
+                workers = list(self.workers.values())
+                break
+            except RuntimeError:  # the table changed under us: read again
+                continue
+        else:
+            workers = []
+        busy = [w for w in workers if w.state != "dead" and self._running_item(w) is not None]
+        asked = [w for w in busy if self._request_stack(w)]
+        deadline = time.monotonic() + timeout
+        sizes: dict[int, int] = {}
+        stacks: dict[int, str] = {}
+        while asked and time.monotonic() < deadline:
+            time.sleep(0.02)
+            for w in list(asked):
+                try:
+                    size = os.path.getsize(self._stack_path(w.slot_id))
+                except OSError:
+                    size = 0
+                if size and sizes.get(w.pid) == size:  # written and settled
+                    stacks[w.pid] = self._read_stack(w.slot_id)
+                    asked.remove(w)
+                sizes[w.pid] = size
+        for w in asked:
+            stacks[w.pid] = self._read_stack(w.slot_id) or "(no stack: the worker did not answer SIGUSR1 in time)"
+        return stacks
+
+    def _check_warn_after(self, now: float) -> None:
+        limit = self.config.warn_after
+        if limit is None:
+            return
+        for w in list(self.workers.values()):
+            if w.state == "dead" or w.kill_reason is not None:
+                continue
+            running = self._running_item(w)
+            if running is None or running[1] < 0 or now - running[2] < limit:
+                continue
+            key = (w.pid, running[0], running[1])
+            if key in self._warned:
+                continue
+            self._warned.add(key)
+            entry = self.inflight.get(running[0])
+            label = "a task"
+            if entry is not None and 0 <= running[1] < len(entry[1]):
+                job, index = entry[1].targets[running[1]]
+                label = job.describe(index)
+            if self._request_stack(w):
+                self._stack_reads.append((now + 0.2, w.slot_id, w.pid, label, now - running[2]))
+        due = [r for r in self._stack_reads if r[0] <= now]
+        if due:
+            self._stack_reads = [r for r in self._stack_reads if r[0] > now]
+            for _, slot_id, pid, label, seconds in due:
+                log.warning("%s has been running for %.1f s on worker %s (pid %s); its stack:\n%s",
+                            label, seconds, slot_id, pid, self._read_stack(slot_id).rstrip() or "(unavailable)")
 
     def _kill(self, w: _Worker, sig: int = signal.SIGKILL) -> None:
         try:
@@ -786,8 +901,7 @@ class Supervisor:
         except ValueError:
             pass
         orderly = previous_state in ("exiting", "retiring") and exitcode == 0 and not w.assigned
-        if not orderly and self.state != "terminating":
-            self.crashes += 1
+        self.recorder.worker_ended(w.slot_id, crashed=not orderly and self.state != "terminating")
         requeue: list[Batch] = []
         for batch in w.assigned:
             self.inflight.pop(batch.id, None)
@@ -809,7 +923,7 @@ class Supervisor:
             others = [k for k in range(n) if k != item]
             if others:
                 requeue.append(self._subset(batch, others))
-            self._settle_culprit(w, batch, item, exitcode)
+            self._settle_culprit(w, batch, item, exitcode, running[2])
         w.assigned.clear()
         for b in reversed(requeue):
             self.pending.appendleft(b)
@@ -824,7 +938,6 @@ class Supervisor:
                                            replaced=False))
         if self.state in ("running", "closing") and self.broken is None and previous_state != "exiting":
             if self.workers.get(w.slot_id) is w:
-                self.restarts += 1
                 if crashed and self.config.on_restart is not None:
                     try:
                         self.config.on_restart(w.pid, exitcode)
@@ -834,14 +947,17 @@ class Supervisor:
         elif self.workers.get(w.slot_id) is w:
             del self.workers[w.slot_id]
 
-    def _settle_culprit(self, w: _Worker, batch: Batch, item: int, exitcode) -> None:
+    def _settle_culprit(self, w: _Worker, batch: Batch, item: int, exitcode, started) -> None:
         job, index = batch.targets[item]
         reason = w.kill_reason
         what = job.describe(index)
         if reason is not None and reason[0] == "timeout" and reason[1] == batch.id:
-            self._deliver(job, index, False, TaskTimeoutError(self.config.task_timeout, task=what, pid=w.pid))
+            err = TaskTimeoutError(self.config.task_timeout, task=what, pid=w.pid)
+            self.recorder.task_ended(w.slot_id, w.pid, what, started, "timeout", str(err))
+            self._deliver(job, index, False, err)
             return
         if reason is not None and reason[0] == "cancel" and reason[1] == batch.id:
+            self.recorder.task_ended(w.slot_id, w.pid, what, started, "cancelled", "cancelled while running")
             self._deliver(job, index, False, concurrent.futures.CancelledError(f"{what} was cancelled while running"))
             return
         if self.state == "terminating":
@@ -852,9 +968,10 @@ class Supervisor:
             self.pending.appendleft(retry)
             return
         cause = _oom_hint(exitcode)
-        self._deliver(job, index, False, WorkerCrashedError(w.pid, exitcode, task=what, cause=cause,
-                                                            attempts=batch.attempts + 1,
-                                                            replaced=self.config.restart_crashed))
+        err = WorkerCrashedError(w.pid, exitcode, task=what, cause=cause, attempts=batch.attempts + 1,
+                                 replaced=self.config.restart_crashed)
+        self.recorder.task_ended(w.slot_id, w.pid, what, started, "crash", str(err))
+        self._deliver(job, index, False, err)
 
     def _start_failed(self, reason: str) -> None:
         self._init_failures += 1
@@ -941,6 +1058,7 @@ class Supervisor:
                 os.close(fd)
             except OSError:
                 pass
+        shutil.rmtree(self._stack_dir, ignore_errors=True)
         self.callbacks.stop()
         self.done.set()
 

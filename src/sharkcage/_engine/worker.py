@@ -178,6 +178,29 @@ def _watch_parent(sock: socket.socket) -> None:
                 os._exit(70)
 
 
+_stack_file = None
+
+
+def _register_stack_dump(path: str | None) -> None:
+    """SIGUSR1 writes every thread's Python stack to ``path``.
+
+    faulthandler dumps from its C signal handler, so this works even while
+    the task is stuck in C code or holds the GIL (``pool.dump_stacks()``,
+    ``warn_after=``). The file is opened for appending: the parent empties
+    it before each request and the dump lands at its start.
+    """
+    global _stack_file
+    if not path:
+        return
+    import faulthandler
+
+    try:
+        _stack_file = open(path, "a")
+        faulthandler.register(signal.SIGUSR1, file=_stack_file, all_threads=True, chain=False)
+    except (OSError, AttributeError, RuntimeError):
+        _stack_file = None
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -212,6 +235,7 @@ def main(sock: socket.socket, slot, config: bytes) -> None:
 
     cfg = pickle.loads(config)
     worker_id = cfg["worker_id"]
+    _register_stack_dump(cfg.get("stack_file"))
     _info = WorkerInfo(worker_id=worker_id, pid=os.getpid(), tasks_done=0)
     os.environ["SHARKCAGE_WORKER_ID"] = str(worker_id)
     slot_view = Slot(slot)

@@ -49,6 +49,7 @@ def make_local_backend(
     restart_crashed=True,
     max_init_failures=3,
     on_restart=None,
+    warn_after=None,
 ) -> Supervisor:
     """Validate everything the user passed, then start the engine."""
     global _counter
@@ -78,6 +79,7 @@ def make_local_backend(
         max_memory_per_worker=_positive_number("max_memory_per_worker", max_memory_per_worker),
         retries=int(retries), allow_unsafe_fork=bool(allow_unsafe_fork), name=name,
         restart_crashed=restart_crashed, max_init_failures=max_init_failures, on_restart=on_restart,
+        warn_after=_positive_number("warn_after", warn_after),
     )
     sup = Supervisor(config)
     _live.add(sup)

@@ -4,8 +4,8 @@ Every scenario of :mod:`sharkcage.cli._scenarios` runs twice, as a
 ``python -c`` program in a child process of its own session: once with the
 stdlib's ``multiprocessing.Pool``, once with ``sharkcage.Pool``. Each side is
 bounded by ``--timeout``; a side that has not printed its result line by
-then is shown as ``hung N s``, and its whole process group (workers
-included) is killed, so nothing outlives the demo. The sharkcage side runs
+then is shown as ``hung N s``, and its whole session (workers, forkserver,
+everything it started) is killed, so nothing outlives the demo. The sharkcage side runs
 in a child too, so a sharkcage bug can never hang the demo itself.
 
 Exit status: 0 when every sharkcage row is clean (the outcome the
@@ -318,9 +318,11 @@ def run_side(scenario: Scenario, side: str, timeout: float) -> SideResult:
                 # Reported, still running: sharkcage must also exit (its
                 # teardown is part of the promise); the stdlib's teardown is
                 # not what the demo shows.
-                grace = max(deadline, time.monotonic() + _EXIT_GRACE) if side == SHARKCAGE else (
-                    time.monotonic() + _STDLIB_EXIT_WAIT)
-                result.exit_hung = not _wait_until(lambda: _exit_code(proc) is not None, grace)
+                if side == SHARKCAGE:
+                    grace = max(deadline, time.monotonic() + _EXIT_GRACE)
+                    result.exit_hung = not _wait_until(lambda: _exit_code(proc) is not None, grace)
+                else:
+                    _wait_until(lambda: _exit_code(proc) is not None, time.monotonic() + _STDLIB_EXIT_WAIT)
             if side == SHARKCAGE and scan and _exit_code(proc) is not None:
                 # Its workers must go with it (guarantees 8 and 9).
                 _wait_until(lambda: not _session_pids(proc.pid), time.monotonic() + _LEFTOVER_WAIT)
@@ -432,7 +434,7 @@ def build_rows(names: list[str], results: dict[tuple[str, str], SideResult]) -> 
     return rows
 
 
-_CELL = 44  # table cells are clipped here; the details below say it all
+_CELL = 48  # table cells are clipped here; the details below say it all
 
 
 def _clip(text: str, width: int = 150) -> str:

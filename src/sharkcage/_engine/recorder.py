@@ -1,0 +1,156 @@
+"""What the supervisor remembers for ``pool.stats()`` and ``pool.timeline()``.
+
+Recording is on by default, so it must cost next to nothing per task: one
+call per *batch* (a chunk of a map is one timeline bar), plain counters, and
+a bounded deque of events. The supervisor thread is the only writer; the
+snapshot methods copy under a lock, so a caller thread can read at any time.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+from sharkcage.observe.stats import PoolStats, WorkerStats
+
+MAX_EVENTS = 100_000  # timeline bars kept (the oldest are dropped first)
+_RSS_EVERY = 1.0  # seconds between RSS samples of one worker
+
+
+class _Slot:
+    __slots__ = ("pid", "tasks", "busy", "crashes", "restarts", "peak_rss", "born", "lived", "proc", "rss_at")
+
+    def __init__(self):
+        self.pid = None
+        self.tasks = 0
+        self.busy = 0.0
+        self.crashes = 0
+        self.restarts = 0
+        self.peak_rss = None
+        self.born = None  # monotonic start of the current process
+        self.lived = 0.0  # seconds lived by the slot's earlier processes
+        self.proc = None  # psutil.Process of the current pid, for RSS
+        self.rss_at = 0.0
+
+
+class Recorder:
+    """Counters and timeline events of one pool."""
+
+    def __init__(self):
+        self.t0 = time.monotonic()
+        self._lock = threading.Lock()
+        self._slots: dict[int, _Slot] = {}
+        self._events: collections.deque = collections.deque(maxlen=MAX_EVENTS)
+        self.submitted = 0
+        self.done = 0
+        self.failed = 0
+        self.crashes = 0
+        self.restarts = 0
+        self.parent_seconds = 0.0
+        self.shm_bytes = 0
+
+    # -- supervisor side -----------------------------------------------------
+    def _slot(self, slot_id: int) -> _Slot:
+        s = self._slots.get(slot_id)
+        if s is None:
+            s = self._slots[slot_id] = _Slot()
+        return s
+
+    def worker_started(self, slot_id: int, pid: int, replacement: bool) -> None:
+        with self._lock:
+            s = self._slot(slot_id)
+            s.pid = pid
+            s.born = time.monotonic()
+            s.proc = None
+            if replacement:
+                s.restarts += 1
+                self.restarts += 1
+
+    def worker_ended(self, slot_id: int, crashed: bool) -> None:
+        with self._lock:
+            s = self._slot(slot_id)
+            if s.born is not None:
+                s.lived += time.monotonic() - s.born
+                s.born = None
+            if crashed:
+                s.crashes += 1
+                self.crashes += 1
+
+    def batch_done(self, slot_id: int, pid: int, label: str, n: int, failed: int, elapsed: float, now: float) -> None:
+        with self._lock:
+            s = self._slot(slot_id)
+            s.tasks += n
+            s.busy += elapsed
+            self.done += n - failed
+            self.failed += failed
+            self._events.append((slot_id, pid, label, now - elapsed - self.t0, now - self.t0,
+                                 "ok" if not failed else "error", f"{failed} of {n} failed" if failed else ""))
+            if now - s.rss_at >= _RSS_EVERY:
+                s.rss_at = now
+                self._sample_rss(s)
+
+    def task_ended(self, slot_id: int, pid: int, label: str, start: float | None, outcome: str, detail: str) -> None:
+        """One task that ended its worker: a crash, a timeout, a cancel."""
+        now = time.monotonic()
+        with self._lock:
+            self.failed += 1
+            begin = (start if start is not None else now) - self.t0
+            self._events.append((slot_id, pid, label, begin, now - self.t0, outcome, detail))
+
+    def failed_without_running(self, n: int = 1) -> None:
+        with self._lock:
+            self.failed += n
+
+    def _sample_rss(self, s: _Slot) -> None:
+        try:
+            if s.proc is None or s.proc.pid != s.pid:
+                import psutil
+
+                s.proc = psutil.Process(s.pid)
+            rss = s.proc.memory_info().rss
+        except Exception:  # gone, or no permission: keep what we saw
+            return
+        if s.peak_rss is None or rss > s.peak_rss:
+            s.peak_rss = rss
+
+    # -- caller side -----------------------------------------------------------
+    def stats(self) -> PoolStats:
+        now = time.monotonic()
+        with self._lock:
+            workers = []
+            for slot_id in sorted(self._slots):
+                s = self._slots[slot_id]
+                lived = s.lived + (now - s.born if s.born is not None else 0.0)
+                workers.append(WorkerStats(
+                    worker_id=slot_id, pid=s.pid, tasks=s.tasks, busy_s=s.busy,
+                    idle_s=max(0.0, lived - s.busy), crashes=s.crashes, restarts=s.restarts,
+                    peak_rss=s.peak_rss,
+                ))
+            finished = self.done + self.failed
+            overhead = self.parent_seconds / finished * 1e6 if finished else None
+            return PoolStats(
+                workers=workers, tasks_submitted=self.submitted, tasks_done=self.done,
+                tasks_failed=self.failed, crashes=self.crashes, restarts=self.restarts,
+                overhead_per_task_us=overhead, shm_bytes=self.shm_bytes,
+            )
+
+    def events(self) -> list[dict]:
+        with self._lock:
+            rows = list(self._events)
+        return [
+            {"worker": w, "pid": pid, "label": label, "start": start, "end": end, "outcome": outcome, "detail": detail}
+            for (w, pid, label, start, end, outcome, detail) in rows
+        ]
+
+
+def batch_label(batch) -> str:
+    """``task 3 of map(f)``, ``tasks 0-99 of map(f)``, or ``5 tasks: apply(f), ...``."""
+    n = len(batch)
+    if batch.job is not None:
+        if n == 1:
+            return batch.job.describe(batch.indices[0])
+        first, last = batch.indices[0], batch.indices[-1]
+        return f"tasks {first}-{last} of {batch.job.name}"
+    first_job = batch.targets[0][0]
+    return f"{n} tasks: {first_job.describe(batch.targets[0][1])}, ..."

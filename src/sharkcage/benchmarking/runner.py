@@ -1,0 +1,191 @@
+"""Run the samples: one subprocess each, repeats outermost, peers rotated.
+
+    for r in range(repeats):
+        for peer in rotated(peers, r):
+            for workload in workloads:
+                sample(peer, workload)
+
+Rotating the peer order per repeat spreads slow drifts of the machine
+(thermal, other jobs) over every peer instead of always charging the peer
+that runs last. Each sample runs in a new session (its own process group)
+with stdout/stderr going to files, not pipes: a worker that inherited the
+pipe and outlives the driver must not keep the bench waiting for EOF. After
+the driver exits, or when its timeout passes, the whole group is killed
+with SIGKILL, and so is any descendant that left the group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable
+
+from sharkcage.benchmarking import peers as peers_mod
+from sharkcage.benchmarking import workloads as wl
+from sharkcage.benchmarking.driver import MARKER
+
+# Beyond the sample timeout, the driver's own teardown watchdog needs this
+# long to report "teardown hung" itself before the bench kills it.
+_KILL_WAIT = 2.0
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything one ``sharkcage bench`` run will do."""
+
+    peers: list[str]  # installed, selected peers, in bench order (baseline last if needed)
+    skipped: dict[str, str]  # selected peers that will not run -> why
+    workloads: list[str]
+    repeats: int
+    params: dict
+    timeout: float
+    budget: float | None = None  # seconds; samples not started by then are skipped
+    backend: str | None = None
+    address: str | None = None
+
+
+def rotated(items: list, r: int) -> list:
+    """``items`` rotated left by ``r``.
+
+    >>> rotated(["a", "b", "c"], 1)
+    ['b', 'c', 'a']
+    """
+    if not items:
+        return []
+    k = r % len(items)
+    return items[k:] + items[:k]
+
+
+def schedule(plan: Plan) -> list[tuple[int, str, str]]:
+    """The ``(repeat, peer, workload)`` samples, in run order, leaving out the
+    pairs a peer cannot run (they are reported as n/a without a process)."""
+    out = []
+    for r in range(plan.repeats):
+        for peer in rotated(plan.peers, r):
+            adapter = peers_mod.create(peer, plan.backend, plan.address)
+            for workload in plan.workloads:
+                if adapter.supports(workload):
+                    out.append((r, peer, workload))
+    return out
+
+
+def _descendants(pid: int) -> list:
+    try:
+        import psutil
+
+        return psutil.Process(pid).children(recursive=True)
+    except Exception:
+        return []
+
+
+def _kill_group(pgid: int, stragglers: list) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for p in stragglers:  # descendants that started their own session
+        try:
+            p.kill()
+        except Exception:
+            pass
+
+
+def run_sample(peer: str, workload: str, params: dict, timeout: float,
+               backend: str | None = None, address: str | None = None) -> dict:
+    """Run one sample in a fresh interpreter and return its result dict.
+
+    ``status`` is ``ok`` (``metrics`` present), ``n/a``, ``error`` (with
+    ``detail``) or ``hung`` (no result line within ``timeout`` seconds; the
+    process group was killed).
+    """
+    cmd = [sys.executable, "-m", "sharkcage.benchmarking.driver", "--peer", peer, "--workload", workload,
+           "--params", json.dumps(params), "--timeout", repr(float(timeout))]
+    if backend:
+        cmd += ["--backend", backend]
+    if address:
+        cmd += ["--address", address]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", TQDM_DISABLE="1", RAY_DEDUP_LOGS="0")
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                start_new_session=True, env=env)
+        timed_out = False
+        try:
+            proc.wait(timeout + _KILL_WAIT)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        stragglers = _descendants(proc.pid)
+        _kill_group(proc.pid, stragglers)
+        proc.wait()
+        wall = time.monotonic() - t0
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    result = None
+    for line in stdout.splitlines():
+        if line.startswith(MARKER):
+            try:
+                result = json.loads(line[len(MARKER):])
+            except ValueError:
+                pass
+    if result is None:
+        if timed_out:
+            result = {"status": "hung", "detail": f"no result within {timeout:g} s; process group killed"}
+        else:
+            tail = [ln for ln in stderr.strip().splitlines() if ln.strip()][-3:]
+            result = {"status": "error",
+                      "detail": f"driver exited {proc.returncode} without a result: " + " | ".join(tail)[-400:]}
+    elif timed_out:
+        result["teardown_hung"] = True
+    result.update(peer=peer, workload=workload, wall=round(wall, 3))
+    return result
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def run(plan: Plan, progress: Callable[[str], None] | None = None) -> list[dict]:
+    """Run every sample of ``plan``; the list of sample dicts (with ``repeat``
+    and the load average at its start)."""
+    samples = []
+    todo = schedule(plan)
+    start = time.monotonic()
+    for i, (r, peer, workload) in enumerate(todo, 1):
+        if plan.budget is not None and time.monotonic() - start > plan.budget:
+            result = {"peer": peer, "workload": workload, "status": "skipped",
+                      "detail": f"time budget of {plan.budget:g} s used up"}
+        else:
+            load = _loadavg()
+            result = run_sample(peer, workload, plan.params, plan.timeout, plan.backend, plan.address)
+            result["loadavg"] = load
+        result["repeat"] = r
+        samples.append(result)
+        if progress:
+            progress(f"[{i}/{len(todo)}] {peer:<17} {workload:<15} {_brief(result)}")
+    return samples
+
+
+def _brief(result: dict) -> str:
+    status = result["status"]
+    if status != "ok":
+        return f"{status}: {result.get('detail', '')}"[:120]
+    parts = []
+    for key, value in result.get("metrics", {}).items():
+        metric = wl.METRICS.get(key)
+        if metric is None:
+            continue
+        if isinstance(value, dict):
+            parts.append(f"{key} {value.get('status')}")
+        else:
+            parts.append(f"{key} {value:.4g} {metric.unit}")
+    return ", ".join(parts) + f"  ({result.get('wall', 0):.1f} s)"
