@@ -203,7 +203,7 @@ def busy_logger():
 
 threading.Thread(target=busy_logger, daemon=True).start()
 
-CYCLES = 4
+CYCLES = 3
 for cycle in range(CYCLES):
     with Pool(2) as pool:
         assert pool.apply(runs_in_subprocess) == "logged"

@@ -503,12 +503,17 @@ def _parallelism() -> dict[str, int]:
     """How many children of each side run at once.
 
     The stdlib sides mostly sit in their hang, so they all start at once and
-    their timeouts overlap; the sharkcage sides do real work (a forkserver,
-    workers), so they get about one slot per core, which keeps each one far
-    from the timeout even on a small machine.
+    their timeouts overlap. The sharkcage sides do real work (a forkserver,
+    workers), so they get the cores that are free right now (at least one):
+    on a machine already busy with other work they run one at a time rather
+    than crawl towards the timeout together.
     """
     cores = os.cpu_count() or 2
-    return {STDLIB: 10, SHARKCAGE: max(2, min(6, cores))}
+    try:
+        free = cores - os.getloadavg()[0]
+    except (AttributeError, OSError):  # pragma: no cover - no load average (Windows)
+        free = cores
+    return {STDLIB: 10, SHARKCAGE: max(1, min(6, cores, round(free)))}
 
 
 def run_all(names: list[str], timeout: float, progress=None) -> dict[tuple[str, str], SideResult]:
