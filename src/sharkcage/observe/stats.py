@@ -189,7 +189,8 @@ class PoolStats:
         lines = [header] + [line(r) for r in rows]
         if not rows:
             lines.append("(no workers)")
-        overhead = "-" if self.overhead_per_task_us is None else f"{_sig(self.overhead_per_task_us)} µs/task"
+        overhead = ("-" if self.overhead_per_task_us is None
+                    else f"{format_seconds(self.overhead_per_task_us * 1e-6)}/task")
         lines.append(
             f"tasks: {self.tasks_submitted} submitted, {self.tasks_done} done, {self.tasks_failed} failed"
             + (f", {self.tasks_pending} pending" if self.tasks_pending else "")

@@ -57,7 +57,8 @@ _RIGHT = 24
 _AXIS = 34  # room for tick labels above the first lane
 _LANE = 24
 _BAR = 16
-_MIN_BAR = 0.8  # a 2 µs task must still be a visible sliver
+_MIN_BAR = 1.5  # a 2 µs task must still be a visible sliver
+_GAP = 0.6  # between back-to-back bars, cut from the bar itself: a stroke would hide thin bars
 
 
 def render_timeline(events: list[dict[str, Any]], path: str | os.PathLike[str],
@@ -116,21 +117,25 @@ def _nice_step(span: float, target: int = 8) -> float:
     return 10 * mag  # pragma: no cover - the loop always returns
 
 
-def _axis_unit(step: float) -> tuple[float, str]:
-    """One unit for every tick label, so the axis never mixes "500 ms" and "1 s"."""
-    if step < 1e-4:
+def _axis_unit(largest: float) -> tuple[float, str]:
+    """One unit for every tick label, so the axis never mixes "500 ms" and "1 s".
+
+    Chosen from the largest time shown: an axis from 2.04 s to 2.2 s reads
+    better in seconds than as "2040 ms".
+    """
+    if largest < 1e-3:
         return 1e-6, "µs"
-    if step < 0.1:
+    if largest < 1:
         return 1e-3, "ms"
-    if step < 60:
+    if largest < 600:
         return 1.0, "s"
-    if step < 3600:
+    if largest < 3 * 3600:
         return 60.0, "min"
     return 3600.0, "h"
 
 
-def _tick_label(t: float, step: float) -> str:
-    scale, unit = _axis_unit(step)
+def _tick_label(t: float, step: float, largest: float | None = None) -> str:
+    scale, unit = _axis_unit(max(step, largest or 0.0))
     decimals = max(0, -math.floor(math.log10(step / scale) + 1e-9))
     text = f"{t / scale:.{decimals}f}"
     if "." in text:  # "0.5 s", "1 s", not "1.0 s"
@@ -204,7 +209,7 @@ def _render(rows: list[dict[str, Any]], title: str) -> str:
         t = t0 + j * step
         x = _LEFT + x_of(t)
         svg.append(f'<line x1="{_num(x)}" y1="{_AXIS - 6}" x2="{_num(x)}" y2="{height - 12}"/>'
-                   f'<text x="{_num(x)}" y="{_AXIS - 12}" text-anchor="middle">{_esc(_tick_label(t, step))}</text>')
+                   f'<text x="{_num(x)}" y="{_AXIS - 12}" text-anchor="middle">{_esc(_tick_label(t, step, t_last))}</text>')
     svg.append("</g>")
     # bars: one short <rect> each, in the same order as the EV array the script indexes
     svg.append('<g class="bars">')
@@ -224,7 +229,8 @@ def _render(rows: list[dict[str, Any]], title: str) -> str:
         if r["pid"] is not None:
             last_pid = r["pid"]
         x = x_of(r["start"])
-        width = max(x_of(r["end"]) - x, _MIN_BAR)
+        width = x_of(r["end"]) - x
+        width = max(width - _GAP if width > 3 * _GAP else width, _MIN_BAR)
         cls = r["outcome"] if r["outcome"] in OUTCOMES else "other"
         svg.append(f'<rect x="{_num(x)}" width="{_num(width)}" height="{_BAR}" class="{cls}"/>')
         data.append([r["label"], r["outcome"], w, r["pid"], round(r["start"], 6), round(r["end"], 6), r["detail"]])
@@ -288,7 +294,6 @@ svg{{width:100%;max-width:{width}px;height:auto;font:12px system-ui,sans-serif}}
 .lanes text,.axis text{{fill:#444}}
 .axis line{{stroke:#d0d4dc;stroke-width:1}}
 .restarts line{{stroke:#222;stroke-width:1.5;stroke-dasharray:3 2}}
-.bars rect{{stroke:#fff;stroke-width:.5}}
 .bars rect.hover{{stroke:#000;stroke-width:1.5}}
 .empty{{fill:#888;font-size:14px}}
 {colours}
