@@ -158,6 +158,9 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         if cancel_futures:
             for fut in list(self._futures):
                 fut.cancel()
+        # The stdlib's map has submitted its whole input by now; ours is lazy,
+        # so what it has not pulled yet is not "pending": it stops there.
+        self._backend.stop_feeders("the executor was shut down")
         self._backend.close()
         if wait:
             self._backend.join()

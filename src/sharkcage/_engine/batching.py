@@ -91,8 +91,9 @@ class Feeder:
         self.limit = self._limit()
         self.cond = threading.Condition()
         self.stopped = False
+        self.stop_reason = None
         job._on_consume = self.wake
-        backend.feeder_started()
+        backend.feeder_started(self)
         self.thread = mark_own_thread(threading.Thread(target=self._run, name="sharkcage-feeder", daemon=True))
         self.thread.start()
 
@@ -111,7 +112,11 @@ class Feeder:
         with self.cond:
             self.cond.notify()
 
-    def stop(self) -> None:
+    def stop(self, reason: str | None = None) -> None:
+        """Pull no more input. With ``reason``, the next position fails with
+        a SharkcageError saying it (a shut-down executor), so the consumer
+        learns where its results end instead of waiting."""
+        self.stop_reason = reason
         self.stopped = True
         self.wake()
 
@@ -121,6 +126,12 @@ class Feeder:
         try:
             while True:
                 job = self.job_ref()
+                if job is not None and self.stop_reason is not None:
+                    from sharkcage.errors import SharkcageError
+
+                    job.deliver(index, False, SharkcageError(f"{self.stop_reason} before item {index} was submitted"))
+                    job.set_total(index + 1)
+                    return
                 if job is None or self.stopped or job._feeder_stop or self.backend.done.is_set():
                     return
                 if self.adaptive:
@@ -129,8 +140,10 @@ class Feeder:
                 with self.cond:
                     while index - job.consumed() >= self.limit:
                         if self.stopped or job._feeder_stop or self.backend.done.is_set():
-                            return
+                            break
                         self.cond.wait(0.1)
+                if self.stopped or job._feeder_stop or self.backend.done.is_set():
+                    continue  # the top of the loop says how it ends
                 room = self.limit - (index - job.consumed())
                 items = []
                 failure = None

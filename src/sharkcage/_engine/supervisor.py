@@ -44,6 +44,7 @@ import tempfile
 import threading
 import time
 import traceback
+import weakref
 from typing import Any, Callable
 
 from sharkcage._engine import replies, serialize, start
@@ -206,6 +207,7 @@ class Supervisor:
         self._fn_bytes: dict[int, bytes] = {}
         self._next_fn = 0
         self._feeders = 0
+        self._feeder_set: "weakref.WeakSet" = weakref.WeakSet()
         self._next_batch = 0
         self.pending: collections.deque[Batch] = collections.deque()
         self.inflight: dict[int, tuple[_Worker, Batch]] = {}
@@ -295,9 +297,18 @@ class Supervisor:
             raise ValueError("Pool not running")
         self._command("submit", batches)
 
-    def feeder_started(self) -> None:
+    def feeder_started(self, feeder=None) -> None:
         with self._fn_lock:
             self._feeders += 1
+            if feeder is not None:
+                self._feeder_set.add(feeder)
+
+    def stop_feeders(self, reason: str) -> None:
+        """Lazy inputs pull nothing more (executor shutdown); each says where it stopped."""
+        with self._fn_lock:
+            feeders = list(self._feeder_set)
+        for f in feeders:
+            f.stop(reason)
 
     def feeder_finished(self) -> None:
         with self._fn_lock:

@@ -24,7 +24,7 @@ import importlib.util
 import logging
 import warnings
 
-from sharkcage.benchmarking.workloads import WORKERS, NotSupported, inc, is_timeout
+from sharkcage.benchmarking.workloads import WORKERS, NotSupported, is_timeout
 
 ALL_WORKLOADS = frozenset({
     "startup", "map_tiny", "imap_tiny", "submit_tiny", "roundtrip", "crash_recovery",
@@ -50,6 +50,8 @@ class Peer:
     def __init__(self, backend: str | None = None, address: str | None = None):
         self.backend = backend
         self.address = address
+        # The driver's __main__, holding the task functions (set by the driver).
+        self.tasks = None
 
     # --- what the bench asks without importing the library -----------------
     @classmethod
@@ -115,6 +117,7 @@ class Peer:
 
     def warm(self, kind: str | None) -> None:
         """Run a first task or map so that workers exist before timing."""
+        inc = self.tasks.inc
         if kind == "map":
             self.map(inc, list(range(4 * WORKERS)))
         elif kind == "imap":
@@ -288,7 +291,7 @@ class StdlibExecutor(_FuturesPeer):
             self.executor.shutdown(wait=True, cancel_futures=True)
 
     def actor_call(self, cls, timeout):
-        ex = self.executor
+        ex, inc = self.executor, self.tasks.inc
         return lambda: ex.submit(inc, 1).result(timeout)
 
 
@@ -431,7 +434,7 @@ class Joblib(Peer):
         return self._parallel(timeout=timeout)([self.joblib.delayed(fn)(*args)])[0]
 
     def warm(self, kind):
-        self.run_many(inc, list(range(2 * WORKERS)), timeout=60)
+        self.run_many(self.tasks.inc, list(range(2 * WORKERS)), timeout=60)
 
 
 class Dask(Peer):

@@ -24,11 +24,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 from sharkcage.benchmarking import peers as peers_mod
 from sharkcage.benchmarking import workloads as wl
-from sharkcage.benchmarking.driver import MARKER
+
+# Run by path, not with -m: see the driver's docstring.
+DRIVER = str(Path(__file__).with_name("driver.py"))
 
 # Beyond the sample timeout, the driver's own teardown watchdog needs this
 # long to report "teardown hung" itself before the bench kills it.
@@ -104,7 +107,7 @@ def run_sample(peer: str, workload: str, params: dict, timeout: float,
     ``detail``) or ``hung`` (no result line within ``timeout`` seconds; the
     process group was killed).
     """
-    cmd = [sys.executable, "-m", "sharkcage.benchmarking.driver", "--peer", peer, "--workload", workload,
+    cmd = [sys.executable, DRIVER, "--peer", peer, "--workload", workload,
            "--params", json.dumps(params), "--timeout", repr(float(timeout))]
     if backend:
         cmd += ["--backend", backend]
@@ -129,9 +132,9 @@ def run_sample(peer: str, workload: str, params: dict, timeout: float,
         stdout, stderr = out.read(), err.read()
     result = None
     for line in stdout.splitlines():
-        if line.startswith(MARKER):
+        if line.startswith(wl.MARKER):
             try:
-                result = json.loads(line[len(MARKER):])
+                result = json.loads(line[len(wl.MARKER):])
             except ValueError:
                 pass
     if result is None:

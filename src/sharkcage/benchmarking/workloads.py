@@ -1,11 +1,13 @@
-"""What ``sharkcage bench`` measures, and the task functions workers run.
+"""What ``sharkcage bench`` measures, and how (run inside each sample driver).
 
-This module is imported by the bench (for the workload and metric tables), by
-every sample driver and by the peers' worker processes (the task functions
-below are pickled by reference), so its top level imports only the stdlib:
-numpy is imported inside the functions that need it.
+This module is imported by the bench (for the workload and metric tables) and
+by every sample driver. The task functions the workers run are not here but
+in the driver's ``__main__`` (:mod:`sharkcage.benchmarking.driver`), passed to
+each measurement as ``tasks``: a worker that re-imports the main module
+(spawn, forkserver) then pays for the driver's imports (numpy) and never
+for sharkcage's own, which a peer's user would not import.
 
-Each workload is a function ``measure(peer, params) -> {metric: value}``
+Each workload is a function ``measure(peer, params, tasks) -> {metric: value}``
 run inside the driver. A value is a number in the metric's unit, or a
 ``{"status": ..., "detail": ...}`` dict when the peer could not produce it
 (``hung``, ``broken``). Pools run :data:`WORKERS` workers; pool creation and
@@ -20,88 +22,11 @@ a warm-up task are kept out of every timing except ``startup``.
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
 import statistics
 import time
 from typing import Callable
 
 WORKERS = 2
-
-
-# ---------------------------------------------------------------------------
-# Task functions (run in the workers)
-
-
-def inc(x):
-    """``x + 1``: the tiny task of the overhead workloads."""
-    return x + 1
-
-
-def pid_after(delay):
-    """Sleep ``delay`` seconds and return the worker's pid.
-
-    The sleep keeps a worker busy long enough that concurrent probes land on
-    different workers, which the crash workload needs to see a new pid.
-    """
-    time.sleep(delay)
-    return os.getpid()
-
-
-def kill_self(_=None):
-    """SIGKILL the worker running this task (the crash workload's task)."""
-    os.kill(os.getpid(), signal.SIGKILL)
-    time.sleep(60)  # never reached; keeps the worker busy if the signal is slow
-
-
-def burn(seconds):
-    """Spin for ``seconds`` of this process's CPU time.
-
-    CPU time, not wall time, so every task does the same work whatever the
-    machine's load; the load then shows in the efficiency, where it belongs.
-    """
-    end = time.process_time() + seconds
-    while time.process_time() < end:
-        pass
-    return seconds
-
-
-def array_sum(a):
-    """``(a.sum(), seconds spent summing)``: the summing is subtracted from
-    the send timing so that only the transfer is measured."""
-    t0 = time.perf_counter()
-    s = float(a.sum())
-    return s, time.perf_counter() - t0
-
-
-def array_make(n):
-    """``(numpy.ones(n), seconds spent making it)``, for the return timing."""
-    import numpy
-
-    t0 = time.perf_counter()
-    a = numpy.ones(n)
-    return a, time.perf_counter() - t0
-
-
-class Counter:
-    """The actor of ``actor_roundtrip``: a tiny piece of state per call."""
-
-    def __init__(self):
-        self.n = 0
-
-    def incr(self, k=1):
-        """Add ``k`` and return the total."""
-        self.n += k
-        return self.n
-
-
-def pipe_echo(conn):
-    """Child side of the raw pipe floor: echo ``x + 1`` until ``None``."""
-    while True:
-        x = conn.recv()
-        if x is None:
-            return
-        conn.send(x + 1)
 
 
 # ---------------------------------------------------------------------------
@@ -171,6 +96,8 @@ FULL = {
     "pipe_n": 20_000, "crash_wait": 10.0, "cpu_n": 40, "cpu_ms": 50, "array_k": 3,
     "actor_n": 2_000,
 }
+MARKER = "SHARKCAGE-BENCH "  # prefix of the driver's one result line
+
 QUICK = {
     "map_n": 100_000, "imap_n": 20_000, "submit_n": 2_000, "roundtrip_n": 300,
     "pipe_n": 3_000, "crash_wait": 4.0, "cpu_n": 20, "cpu_ms": 50, "array_k": 1,
@@ -202,68 +129,68 @@ def _open_warm(peer, fn=None) -> None:
     peer.warm(fn)
 
 
-def measure_startup(peer, p: dict) -> dict:
+def measure_startup(peer, p: dict, tasks) -> dict:
     """t0 before the pool is created, t1 when its first result is in."""
     t0 = time.perf_counter()
     peer.open()
-    result = peer.first(inc, 1, timeout=p["timeout"])
+    result = peer.first(tasks.inc, 1, timeout=p["timeout"])
     t1 = time.perf_counter()
     assert result == 2, result
     return {"startup": t1 - t0}
 
 
-def measure_map_tiny(peer, p: dict) -> dict:
+def measure_map_tiny(peer, p: dict, tasks) -> dict:
     """``map(inc, range(n))`` with the peer's default chunking."""
     _open_warm(peer, "map")
     n = p["map_n"]
     items = list(range(n))
     t0 = time.perf_counter()
-    out = peer.map(inc, items)
+    out = peer.map(tasks.inc, items)
     dt = time.perf_counter() - t0
     _check_inc(out, n)
     return {"map_tiny": dt / n * 1e6}
 
 
-def measure_imap_tiny(peer, p: dict) -> dict:
+def measure_imap_tiny(peer, p: dict, tasks) -> dict:
     """Iterate ``imap(inc, range(n))`` to the end, default chunking."""
     _open_warm(peer, "imap")
     n = p["imap_n"]
     t0 = time.perf_counter()
-    out = list(peer.imap(inc, range(n)))
+    out = list(peer.imap(tasks.inc, range(n)))
     dt = time.perf_counter() - t0
     _check_inc(out, n)
     return {"imap_tiny": dt / n * 1e6}
 
 
-def measure_submit_tiny(peer, p: dict) -> dict:
+def measure_submit_tiny(peer, p: dict, tasks) -> dict:
     """Submit ``n`` tiny tasks at once, then wait for every one."""
     _open_warm(peer, "submit")
     n, timeout = p["submit_n"], p["timeout"]
     t0 = time.perf_counter()
-    handles = [peer.submit(inc, i) for i in range(n)]
+    handles = [peer.submit(tasks.inc, i) for i in range(n)]
     out = [peer.result(h, timeout) for h in handles]
     dt = time.perf_counter() - t0
     _check_inc(out, n)
     return {"submit_tiny": dt / n * 1e6}
 
 
-def measure_roundtrip(peer, p: dict) -> dict:
+def measure_roundtrip(peer, p: dict, tasks) -> dict:
     """Submit one tiny task, wait for it, repeat: the per-call latency."""
     _open_warm(peer, "submit")
     n, timeout = p["roundtrip_n"], p["timeout"]
     t0 = time.perf_counter()
     for i in range(n):
-        assert peer.result(peer.submit(inc, i), timeout) == i + 1
+        assert peer.result(peer.submit(tasks.inc, i), timeout) == i + 1
     return {"roundtrip": (time.perf_counter() - t0) / n * 1e6}
 
 
-def measure_pipe_floor(p: dict) -> dict:
+def measure_pipe_floor(p: dict, tasks) -> dict:
     """The floor of any round trip: ``multiprocessing.Pipe`` ping-pong
     between two processes, no pool, no scheduling."""
     import multiprocessing
 
     a, b = multiprocessing.Pipe()
-    child = multiprocessing.get_context("spawn").Process(target=pipe_echo, args=(b,), daemon=True)
+    child = multiprocessing.get_context("fork").Process(target=tasks.pipe_echo, args=(b,), daemon=True)
     child.start()
     try:
         a.send(0)
@@ -282,7 +209,7 @@ def measure_pipe_floor(p: dict) -> dict:
     return {"roundtrip": dt / n * 1e6}
 
 
-def measure_crash_recovery(peer, p: dict) -> dict:
+def measure_crash_recovery(peer, p: dict, tasks) -> dict:
     """A task SIGKILLs its own worker.
 
     ``crash_error``: from submitting it until its error is delivered.
@@ -294,9 +221,9 @@ def measure_crash_recovery(peer, p: dict) -> dict:
     _open_warm(peer, "submit")
     wait = p["crash_wait"]
     # Concurrent sleepy probes, so that both workers' pids are seen.
-    known = set(peer.run_many(pid_after, [0.05] * (2 * WORKERS), timeout=p["timeout"]))
+    known = set(peer.run_many(tasks.pid_after, [0.05] * (2 * WORKERS), timeout=p["timeout"]))
     t0 = time.perf_counter()
-    handle = peer.submit(kill_self, 0)
+    handle = peer.submit(tasks.kill_self, 0)
     try:
         peer.result(handle, wait)
     except Exception as exc:  # the error we are timing, or a timeout
@@ -310,7 +237,7 @@ def measure_crash_recovery(peer, p: dict) -> dict:
     deadline = t0 + wait + t_error
     while True:
         try:
-            pids = peer.run_many(pid_after, [0.02] * WORKERS, timeout=max(0.1, deadline - time.perf_counter()))
+            pids = peer.run_many(tasks.pid_after, [0.02] * WORKERS, timeout=max(0.1, deadline - time.perf_counter()))
         except Exception as exc:
             if is_timeout(exc):
                 break
@@ -324,19 +251,19 @@ def measure_crash_recovery(peer, p: dict) -> dict:
             "crash_error_type": error_type}
 
 
-def measure_cpu(peer, p: dict) -> dict:
+def measure_cpu(peer, p: dict, tasks) -> dict:
     """``map(burn, [ms] * n)`` on 2 workers: efficiency = ideal / measured."""
     _open_warm(peer, "map")
     n, seconds = p["cpu_n"], p["cpu_ms"] / 1000
     t0 = time.perf_counter()
-    out = peer.map(burn, [seconds] * n)
+    out = peer.map(tasks.burn, [seconds] * n)
     dt = time.perf_counter() - t0
     assert len(out) == n
     ideal = n * seconds / WORKERS
     return {"cpu_efficiency": 100.0 * ideal / dt}
 
 
-def measure_array(peer, p: dict) -> dict:
+def measure_array(peer, p: dict, tasks) -> dict:
     """Send a float64 array to a worker (it returns the sum) and have a
     worker return one; GB/s of the transfer alone (the worker's own summing
     or allocating time is subtracted). Median of ``array_k`` transfers."""
@@ -355,11 +282,11 @@ def measure_array(peer, p: dict) -> dict:
     sends, returns = [], []
     for _ in range(p["array_k"]):
         t0 = time.perf_counter()
-        total, inside = peer.first(array_sum, a, timeout=timeout)
+        total, inside = peer.first(tasks.array_sum, a, timeout=timeout)
         sends.append(time.perf_counter() - t0 - inside)
         assert abs(total - expected) <= 1e-6 * abs(expected), (total, expected)
         t0 = time.perf_counter()
-        b, inside = peer.first(array_make, n, timeout=timeout)
+        b, inside = peer.first(tasks.array_make, n, timeout=timeout)
         returns.append(time.perf_counter() - t0 - inside)
         assert b.nbytes == nbytes and b[-1] == 1.0
         del b
@@ -367,7 +294,7 @@ def measure_array(peer, p: dict) -> dict:
             f"{name}_return": nbytes / statistics.median(returns) / 1e9}
 
 
-def measure_array_copy(p: dict) -> dict:
+def measure_array_copy(p: dict, tasks) -> dict:
     """The in-process reference: ``numpy.copy`` of the same array, GB/s."""
     import numpy
 
@@ -384,11 +311,11 @@ def measure_array_copy(p: dict) -> dict:
     return {f"{name}_send": rate, f"{name}_return": rate}
 
 
-def measure_actor(peer, p: dict) -> dict:
+def measure_actor(peer, p: dict, tasks) -> dict:
     """Sequential calls of ``Counter.incr`` on an actor (or, for a peer
     without actors, submit-then-wait of the same work)."""
     peer.open()
-    call = peer.actor_call(Counter, timeout=p["timeout"])
+    call = peer.actor_call(tasks.Counter, timeout=p["timeout"])
     call()  # warm: the actor exists and its first call is done
     n = p["actor_n"]
     t0 = time.perf_counter()

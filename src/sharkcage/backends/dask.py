@@ -1,0 +1,1202 @@
+"""The Dask backend, and the machinery every cluster backend shares.
+
+``Pool(backend="dask", address=...)`` runs the pool's batches on a Dask
+cluster: ``address`` is a scheduler address (``"tcp://host:8786"``), a
+``distributed.Client`` (used as is, never closed by sharkcage), or a Dask
+cluster object (``LocalCluster``, ...). Importing this module does not import
+Dask; building the backend does.
+
+Data flow (one thread per pool owns the pool's state, as the local
+supervisor does)::
+
+    caller threads                dispatcher thread                     cluster worker
+    --------------                -----------------                     --------------
+    register_function(fn) -- cloudpickle once (SerializationError here)
+    submit(batches) -----+
+    cancel(job) ---------+--> events queue
+    close()/terminate() -+        |
+                                  v
+                 pending batches -> at most 2 x cluster slots in flight:
+                   one remote call per batch ----------------------------> remote_run(...)
+                   (the function's bytes inline when small, else             loads the function once per
+                    a cluster-side object made once per pool)                process (LRU cache), runs the
+                                                                             initializer once, then
+                                                                             worker.run_batch(...)
+                 "outcome" <- a collector thread gathers finished  <------  (reply, log records)
+                   futures (so a slow transfer never stalls dispatch)
+                   log records -> the parent's handlers, then
+                   replies.settle(...) -> Job.deliver(index, ok, value)
+                 worker lost (KilledWorker) -> the batch's items rerun one
+                   by one; a single item that kills its workers again is
+                   that task's WorkerCrashedError (after ``retries``)
+
+Errors map onto the local engine's classes: the reply is the one
+``worker.run_batch`` builds for a local worker, decoded by the same
+``replies.settle``. What Dask cannot do is refused up front:
+``task_timeout`` (Dask cannot stop a running task), ``maxtasksperchild``,
+``max_memory_per_worker``, ``finalizer``, start methods. See docs/backends.md.
+
+The engine-neutral part (:class:`ClusterBackend`, the worker-side
+:func:`remote_run`) lives here too; ``ray.py`` builds on it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import concurrent.futures
+import logging
+import numbers
+import os
+import pickle
+import queue
+import socket
+import threading
+import time
+import traceback
+import uuid
+import weakref
+from typing import Any, Callable
+
+from sharkcage._engine import replies, serialize, start
+from sharkcage._engine import worker as worker_mod
+from sharkcage._engine.jobs import CallbackRunner, Job
+from sharkcage._engine.recorder import Recorder, batch_label
+from sharkcage._engine.supervisor import Batch, _parent_log_level
+from sharkcage.errors import (
+    SharkcageError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkerInitError,
+)
+
+log = logging.getLogger("sharkcage")
+
+_INLINE_LIMIT = 64 * 1024  # bytes of a pickled function sent with every batch; bigger ones once per worker
+_DEPTH = 2  # batches in flight per cluster slot, so a worker never waits for the parent
+_REFRESH = 5.0  # seconds between re-reading the cluster's size (clusters grow and shrink)
+_MAX_COALESCE = 64  # single-task submits merged into one remote call at most
+
+_live: "weakref.WeakSet[ClusterBackend]" = weakref.WeakSet()
+
+
+# ----------------------------------------------------------------------------
+# Options
+
+
+class ClusterConfig:
+    """What the facades read from a backend (``processes``, ``name``, ...)."""
+
+    def __init__(self, engine: str, processes: int, fixed: bool, *, task_timeout=None, retries=0,
+                 initializer=None, initargs=(), name: str = "pool"):
+        self.engine = engine
+        self.processes = processes  # cluster slots at creation (the facades size chunks by it)
+        self.fixed = fixed  # the user chose ``processes``: never use more slots than that
+        self.task_timeout = task_timeout
+        self.retries = retries
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
+        self.name = name
+
+
+_counter = 0
+_counter_lock = threading.Lock()
+
+
+def check_options(engine: str, *, processes=None, initializer=None, initargs=(), finalizer=None,
+                  maxtasksperchild=None, context=None, start_method=None, task_timeout=None,
+                  max_memory_per_worker=None, retries=0, allow_unsafe_fork=False, warn_after=None,
+                  timeout_supported: bool, **other) -> ClusterConfig:
+    """Validate the pool's options for a cluster; refuse what the engine cannot honour.
+
+    Everything is checked before anything connects, so a refused option
+    leaves nothing behind. ``allow_unsafe_fork`` is accepted and ignored:
+    nothing forks the caller's process on a cluster.
+    """
+    global _counter
+    if processes is not None and (isinstance(processes, bool) or not isinstance(processes, numbers.Integral)
+                                  or processes < 1):
+        raise ValueError(f"Number of processes must be at least 1, not {processes!r}")
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be a callable")
+    if isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0:
+        raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
+    try:
+        initargs = tuple(initargs)
+    except TypeError:
+        raise TypeError(f"initargs must be a tuple of arguments, not {initargs!r}") from None
+    refused = [
+        ("finalizer", finalizer, "cluster workers outlive the pool, so there is no orderly exit to run it at; "
+                                 "release resources at the end of each task instead"),
+        ("maxtasksperchild", maxtasksperchild, "cluster workers are not the pool's to recycle; "
+                                               f"configure restarts in {engine} itself"),
+        ("max_memory_per_worker", max_memory_per_worker,
+         "memory limits of cluster workers are set on the cluster ("
+         + ("`dask worker --memory-limit`" if engine == "dask" else "Ray's memory monitor") + ")"),
+        ("context", context, f"{engine} starts its own worker processes"),
+        ("start_method", start_method, f"{engine} starts its own worker processes"),
+        ("warn_after", warn_after, "sharkcage cannot read the stack of a task on a cluster worker; "
+                                   + ("the Dask dashboard's call stacks show it" if engine == "dask"
+                                      else "`ray stack` on the worker's node shows it")),
+    ]
+    # Options a newer facade passes that this backend does not know: loud
+    # when used, harmless when left at their defaults.
+    refused += [(k, v, "not available on cluster backends") for k, v in other.items() if v not in (None, False, 0)]
+    for name, value, why in refused:
+        if value is not None:
+            raise ValueError(f"{name}={value!r} is not supported with backend={engine!r}: {why}")
+    if task_timeout is not None:
+        if isinstance(task_timeout, bool) or not isinstance(task_timeout, numbers.Real) or not task_timeout > 0:
+            raise ValueError(f"task_timeout must be a positive number of seconds or None, not {task_timeout!r}")
+        if not timeout_supported:
+            raise ValueError(
+                f"task_timeout={task_timeout!r} cannot be enforced with backend={engine!r}: {engine} has no way to "
+                "stop a task once it runs (its worker threads cannot be killed), so the limit would be a lie. "
+                "Enforce the limit inside the task (a timeout on whatever it waits for), or use backend='ray' "
+                "(which kills the task's worker process) or backend='local'."
+            )
+    with _counter_lock:
+        _counter += 1
+        name = f"{engine}{_counter}"
+    return ClusterConfig(engine, processes or 1, processes is not None, task_timeout=task_timeout,
+                         retries=int(retries), initializer=initializer, initargs=initargs, name=name)
+
+
+# ----------------------------------------------------------------------------
+# Worker side: runs inside a cluster worker process (imported there by reference,
+# so the workers need sharkcage installed, but never Dask or Ray through it).
+
+_remote_lock = threading.Lock()
+_remote_fns: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
+_remote_states: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
+_REMOTE_FN_LIMIT = 128  # callables a worker process keeps before the oldest is forgotten
+_REMOTE_STATE_LIMIT = 32  # pools whose initializer state a worker process keeps
+
+
+def _remote_function(key: str, data: bytes):
+    """The callable for ``key``, unpickled once per worker process."""
+    with _remote_lock:
+        entry = _remote_fns.get(key)
+        if entry is None:
+            entry = _remote_fns[key] = data
+            while len(_remote_fns) > _REMOTE_FN_LIMIT:
+                _remote_fns.popitem(last=False)
+        else:
+            _remote_fns.move_to_end(key)
+    one = {key: entry}
+    try:
+        return worker_mod.load_function(one, key)
+    finally:
+        with _remote_lock:
+            if key in _remote_fns:
+                _remote_fns[key] = one[key]  # the function, or the record of why it failed
+
+
+def _remote_state(token: str, init_key: str, init_data: bytes) -> None:
+    """Run the pool's initializer once in this worker process; ``worker_state()`` returns its value."""
+    with _remote_lock:
+        known = token in _remote_states
+        state = _remote_states.get(token)
+    if not known:
+        initializer, initargs = _remote_function(init_key, init_data)
+        state = initializer(*initargs)
+        with _remote_lock:
+            _remote_states[token] = state
+            while len(_remote_states) > _REMOTE_STATE_LIMIT:
+                _remote_states.popitem(last=False)
+    # One module-level slot per process: a worker thread shared by two pools
+    # with initializers sees the state of the pool whose task it runs now.
+    worker_mod._state = state
+
+
+class _Capture(logging.Handler):
+    """Collects the records the task's own thread logs, for the parent's handlers."""
+
+    def __init__(self, level: int):
+        super().__init__(logging.NOTSET)
+        self.level_wanted = level
+        self.thread = threading.get_ident()
+        self.records: list[bytes] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Several tasks share a Dask worker process; each keeps its own records.
+        if record.thread != self.thread or record.levelno < self.level_wanted:
+            return
+        try:
+            msg = record.getMessage()
+            if record.exc_info and not record.exc_text:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+            d = dict(record.__dict__)
+            d.update(msg=msg, args=None, exc_info=None)
+            d.pop("message", None)
+            try:
+                data = pickle.dumps(d, 5)
+            except Exception:
+                d = {k: (v if isinstance(v, (str, int, float, type(None))) else repr(v)) for k, v in d.items()}
+                data = pickle.dumps(d, 5)
+            self.records.append(data)
+        except Exception:
+            self.handleError(record)
+
+
+def _capture_logs(level: int) -> _Capture:
+    handler = _Capture(level)
+    root = logging.getLogger()
+    # Records below the root's level are never created; lower it (never
+    # raise it) so the parent's level decides, as with local workers.
+    if root.level == logging.NOTSET or root.level > level:
+        root.setLevel(level)
+    root.addHandler(handler)
+    return handler
+
+
+def _prepare(batch_id, token, init, fn_key, fn_data):
+    """The task's function (initializer run first); or the reply that fails the batch."""
+    if init is not None:
+        try:
+            _remote_state(token, *init)
+        except BaseException as e:  # noqa: BLE001 - SystemExit from an initializer is a failure too
+            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            return None, ("fn_failed", batch_id, serialize.pack_exception(WorkerInitError(tb, attempts=1)))
+    try:
+        return _remote_function(fn_key, fn_data), None
+    except BaseException as e:  # noqa: BLE001
+        return None, ("fn_failed", batch_id, serialize.pack_exception(e))
+
+
+def _rss() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_HOST = socket.gethostname()
+
+
+def remote_run(token: str, init, fn_key: str, fn_data: bytes, batch_id: int, kind: int, payload, split: bool,
+               log_level: int):
+    """One batch on a cluster worker: ``(reply, log records, (host, pid, seconds, rss))``.
+
+    The reply is exactly what a local worker sends (``worker.run_batch``),
+    so the parent decodes it with ``replies.settle_batch`` and every error
+    maps onto the same classes. Never raises: a failure to load the function
+    or to run the initializer fails the batch's tasks with that error.
+    """
+    handler = _capture_logs(log_level)
+    began = time.monotonic()
+    try:
+        fn, reply = _prepare(batch_id, token, init, fn_key, fn_data)
+        if reply is None:
+            reply = worker_mod.run_batch(batch_id, fn, kind, payload, split, timed=False)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return reply, handler.records, (_HOST, os.getpid(), time.monotonic() - began, _rss())
+
+
+def remote_run_stream(token: str, init, fn_key: str, fn_data: bytes, batch_id: int, kind: int, payload,
+                      split: bool, log_level: int):
+    """Like :func:`remote_run`, item by item, announcing each start (a generator).
+
+    Used where the parent enforces ``task_timeout``: ``("start", i)`` tells
+    it when item ``i`` started (its clock starts then), ``("item", i, reply,
+    records, meta)`` settles it. ``payload`` is a list of per-item pickles.
+    """
+    me = (_HOST, os.getpid())
+    fn, reply = _prepare(batch_id, token, init, fn_key, fn_data)
+    if reply is not None:
+        yield ("all", reply, [], me + (0.0, _rss()))
+        return
+    for i, item in enumerate(payload):
+        yield ("start", i, me)
+        handler = _capture_logs(log_level)
+        began = time.monotonic()
+        try:
+            reply = worker_mod.run_batch(batch_id, fn, kind, [item], True, timed=False)
+        finally:
+            logging.getLogger().removeHandler(handler)
+        yield ("item", i, reply, handler.records, me + (time.monotonic() - began, _rss()))
+
+
+# ----------------------------------------------------------------------------
+# Parent side, engine-neutral
+
+
+class _Fn:
+    """A registered callable: its bytes, and where the cluster finds them."""
+
+    __slots__ = ("key", "data", "per_call", "remote")
+
+    def __init__(self, key: str, data: bytes, per_call: bool):
+        self.key = key  # the worker-side cache key
+        self.data = data
+        self.per_call = per_call
+        self.remote = None  # the engine's handle on a copy kept in the cluster (big functions)
+
+
+class Flight:
+    """A batch running on the cluster as one remote call."""
+
+    __slots__ = ("key", "batch", "handle", "kill", "running", "started_at", "settled", "stream", "slot", "pid",
+                 "sent_at")
+
+    def __init__(self, key: str, batch: Batch, stream: bool):
+        self.key = key
+        self.batch = batch
+        self.handle = None  # the engine's future / object ref / generator
+        self.kill = None  # ("timeout", item) | ("cancel", job) | ("terminate",): why we stopped it
+        self.running = None  # item running now (streamed batches only)
+        self.started_at = 0.0
+        self.settled: set[int] = set()  # items already settled (streamed batches only)
+        self.stream = stream
+        self.slot = -1  # the recorder's slot of the worker running it, once known
+        self.pid = None
+        self.sent_at = time.monotonic()
+
+
+class ClusterRecorder(Recorder):
+    """``pool.stats()``/``timeline()`` for a cluster: one slot per worker
+    process seen (host, pid), its RSS as the worker itself reported it."""
+
+    def __init__(self):
+        super().__init__()
+        self._ids: dict[tuple, int] = {}
+
+    def worker(self, host: str, pid: int) -> int:
+        key = (host, pid)
+        slot = self._ids.get(key)
+        if slot is None:
+            slot = self._ids[key] = len(self._ids)
+            self.worker_started(slot, pid, replacement=False)
+        return slot
+
+    def remote_rss(self, slot_id: int, rss) -> None:
+        if rss is None:
+            return
+        with self._lock:
+            s = self._slot(slot_id)
+            if s.peak_rss is None or rss > s.peak_rss:
+                s.peak_rss = rss
+
+    def crashed(self) -> None:
+        with self._lock:
+            self.crashes += 1
+
+    def _sample_rss(self, s) -> None:
+        pass  # the pid belongs to a cluster worker, maybe on another host
+
+
+class ClusterBackend:
+    """The Backend protocol over a remote engine: one dispatcher thread per pool.
+
+    Subclasses connect to their engine and implement ``_launch_remote``,
+    ``_stop_remote``, ``_publish``, ``_cluster_slots`` and ``_disconnect``;
+    they report each remote call's end by posting ``("outcome", key, kind,
+    value)`` with kind ``"reply"`` (value: what :func:`remote_run` returned),
+    ``"end"`` (a streamed batch finished), ``"crashed"`` (value: ``(pid,
+    exitcode, cause)``), ``"cancelled"`` or ``"error"`` (value: the exception).
+    """
+
+    engine = "cluster"
+    stream_items = False  # run batches through remote_run_stream (per-item starts)
+
+    def __init__(self, config: ClusterConfig):
+        self.config = config
+        # Everything that can refuse comes first: a constructor that raises
+        # leaves no thread behind.
+        self._init_fn = None
+        if config.initializer is not None:
+            try:
+                init_data = serialize.dumps_callable((config.initializer, config.initargs))
+            except BaseException as e:  # noqa: BLE001
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                raise serialize.serialization_error(
+                    "argument", f"the initializer {serialize.callable_name(config.initializer)}",
+                    config.initializer, e) from None
+        self.done = threading.Event()
+        self.recorder = ClusterRecorder()
+        self._token = uuid.uuid4().hex[:12]
+        if config.initializer is not None:
+            self._init_fn = _Fn(f"{self._token}:init", init_data, False)
+        self._log_level = _parent_log_level()
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._fn_cache: dict[int, tuple[int, Callable]] = {}
+        self._fns: dict[int, _Fn] = {}
+        self._next_fn = 0
+        self._next_batch = 0
+        self._pending: collections.deque[Batch] = collections.deque()
+        self._inflight: dict[str, Flight] = {}
+        self._state = "running"  # running -> closing -> stopped; or terminating
+        self._reason = ""
+        self._feeders = 0
+        self._slots = max(1, config.processes)
+        self._slots_read = time.monotonic()
+        self._avg_task = 0.0
+        self._task_samples = 0
+        self.callbacks = CallbackRunner(f"sharkcage-callbacks-{config.name}")
+        self._thread = start.mark_own_thread(
+            threading.Thread(target=self._run, name=f"sharkcage-{self.engine}-{config.name}", daemon=True)
+        )
+        _live.add(self)
+        self._thread.start()
+
+    # ------------------------------------------------------------------
+    # The Backend protocol (caller threads: enqueue and return)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def register_function(self, fn: Callable, per_call: bool = False) -> int:
+        """The id of ``fn``, pickled on first use (raises SerializationError).
+
+        Plain functions are pickled once per pool; other callables per call,
+        so the cluster sees their state as of that call.
+        """
+        with self._lock:
+            hit = self._fn_cache.get(id(fn))
+            if hit is not None and hit[1] is fn:
+                return hit[0]
+            try:
+                data = serialize.dumps_callable(fn)
+            except BaseException as e:  # noqa: BLE001
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                raise serialize.serialization_error(
+                    "argument", f"the function {serialize.callable_name(fn)}", fn, e) from None
+            self._next_fn += 1
+            fn_id = self._next_fn
+            self._fns[fn_id] = _Fn(f"{self._token}:{fn_id}", data, per_call)
+            if not per_call:
+                self._fn_cache[id(fn)] = (fn_id, fn)
+            return fn_id
+
+    def submit(self, batches: list, from_feeder: bool = False) -> None:
+        """Hand batches over; feeders of calls made before close() may go on after it."""
+        with self._lock:
+            state = self._state
+        if state in ("terminating", "stopped") or self.done.is_set():
+            err = SharkcageError(f"{self._reason or 'the pool was stopped'} before this task ran")
+            for b in batches:
+                self._fail_batch(b, err)
+            return
+        if state != "running" and not (from_feeder and state == "closing"):
+            raise ValueError("Pool not running")
+        self._events.put(("submit", batches))
+
+    def feeder_started(self) -> None:
+        with self._lock:
+            self._feeders += 1
+
+    def feeder_finished(self) -> None:
+        with self._lock:
+            self._feeders -= 1
+        self._events.put(("wake",))
+
+    def cancel(self, job: Job, running: bool = True) -> None:
+        """Drop the job's pending tasks; with ``running``, also stop its running
+        ones where the engine can (see ``_may_stop``)."""
+        self._events.put(("cancel", job, running))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._state == "running":
+                self._state = "closing"
+        self._events.put(("wake",))
+
+    def terminate(self, reason: str = "the pool was terminated") -> None:
+        with self._lock:
+            if self._state in ("terminating", "stopped"):
+                return
+            self._state = "terminating"
+            self._reason = reason
+        self._events.put(("terminate", reason))
+
+    def join(self, timeout: float | None = None) -> bool:
+        if threading.current_thread() is self._thread:
+            return False
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def avg_task_seconds(self) -> float | None:
+        """Measured run time of one item on the cluster (an average), or None before any."""
+        return self._avg_task if self._task_samples else None
+
+    def dump_stacks(self, timeout: float = 2.0) -> dict:
+        """Stacks of the pool's running tasks, where the engine can tell them (see subclasses)."""
+        return {}
+
+    # ------------------------------------------------------------------
+    # The dispatcher loop
+
+    def _post(self, *event) -> None:
+        self._events.put(event)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    events = [self._events.get(timeout=self._next_timeout())]
+                except queue.Empty:
+                    events = []
+                began = time.perf_counter()
+                while True:  # take everything that is there: one dispatch per wake-up
+                    try:
+                        events.append(self._events.get_nowait())
+                    except queue.Empty:
+                        break
+                for ev in events:
+                    self._handle(ev)
+                self._check_deadlines()
+                with self._lock:
+                    state = self._state
+                if state in ("running", "closing"):
+                    self._dispatch()
+                self.recorder.parent_seconds += time.perf_counter() - began
+                if self._finished(state):
+                    break
+        except BaseException as e:  # noqa: BLE001 - never leave a waiter hanging
+            tb = traceback.format_exc()
+            log.critical("the %s pool's dispatcher failed; the pool is stopped:\n%s", self.engine, tb)
+            self._fail_everything(SharkcageError(f"the pool's dispatcher failed: {e!r}\n{tb}"))
+        finally:
+            self._shutdown()
+
+    def _handle(self, ev) -> None:
+        tag = ev[0]
+        if tag == "outcome":
+            self._outcome(ev[1], ev[2], ev[3])
+        elif tag == "stream":
+            self._stream_event(ev[1], ev[2])
+        elif tag == "submit":
+            with self._lock:
+                terminating = self._state == "terminating"
+            if terminating:
+                err = SharkcageError(f"{self._reason} before this task ran")
+                for b in ev[1]:
+                    self._fail_batch(b, err)
+            else:
+                self.recorder.submitted += sum(len(b) for b in ev[1])
+                self._pending.extend(ev[1])
+        elif tag == "cancel":
+            self._cancel(ev[1], ev[2])
+        elif tag == "terminate":
+            self._terminate(ev[1])
+
+    def _finished(self, state: str) -> bool:
+        if state == "terminating":
+            return True
+        if state == "closing":
+            with self._lock:
+                feeders = self._feeders
+            return not self._pending and not self._inflight and not feeders
+        return False
+
+    def _next_timeout(self) -> float | None:
+        timeout = self.config.task_timeout
+        if timeout is None:
+            return None
+        deadlines = [f.started_at + timeout for f in self._inflight.values() if f.running is not None and f.kill is None]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _check_deadlines(self) -> None:
+        timeout = self.config.task_timeout
+        if timeout is None:
+            return
+        now = time.monotonic()
+        for f in list(self._inflight.values()):
+            if f.running is not None and f.kill is None and now - f.started_at >= timeout:
+                f.kill = ("timeout", f.running)
+                self._stop_remote(f, force=True)
+
+    # ------------------------------------------------------------------
+    # Dispatch
+
+    def _limit(self) -> int:
+        if not self.config.fixed and time.monotonic() - self._slots_read > _REFRESH:
+            self._slots_read = time.monotonic()
+            try:
+                self._slots = max(1, int(self._cluster_slots()))
+            except Exception:  # noqa: BLE001 - keep the last known size
+                log.debug("could not read the %s cluster's size", self.engine, exc_info=True)
+        return self._slots * _DEPTH
+
+    def _dispatch(self) -> None:
+        limit = self._limit()
+        while self._pending and len(self._inflight) < limit:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            self._launch(batch)
+
+    def _take_batch(self) -> Batch | None:
+        pending = self._pending
+        while pending:
+            b = pending.popleft()
+            if b.job is not None:
+                if not b.job.start_batch(b.indices):
+                    continue  # cancelled while pending
+            else:
+                live = [k for k, (job, i) in enumerate(b.targets) if job.start(i)]
+                if len(live) != len(b.targets):
+                    if not live:
+                        continue
+                    b = self._subset(b, live)
+                    if b is None:
+                        continue
+            # Coalesce single-task submits into one remote call, up to a fair
+            # share: a remote call costs far more than a local message.
+            if b.split and len(b) == 1 and pending:
+                share = max(1, min(_MAX_COALESCE, len(pending) // self._slots))
+                merged = [b]
+                while pending and len(merged) < share:
+                    nxt = pending[0]
+                    if not (nxt.split and nxt.fn_id == b.fn_id and nxt.kind == b.kind
+                            and nxt.attempts == b.attempts and len(nxt) == 1):
+                        break
+                    pending.popleft()
+                    if nxt.targets[0][0].start(nxt.targets[0][1]):
+                        merged.append(nxt)
+                if len(merged) > 1:
+                    b = Batch(b.fn_id, b.kind, [m.targets[0] for m in merged], [m.items[0] for m in merged],
+                              [m.payload[0] for m in merged], True, b.attempts)
+            return b
+        return None
+
+    def _subset(self, b: Batch, keep: list[int]) -> Batch | None:
+        """A new batch with only the items at ``keep``, one pickle per item."""
+        if b.split:
+            payload = [b.payload[i] for i in keep]
+        else:
+            payload, kept = [], []
+            for i in keep:
+                try:
+                    payload.append(serialize.dumps(b.items[i]))
+                except BaseException as e:  # noqa: BLE001 - pickled fine as a chunk; be safe anyway
+                    job, index = b.targets[i]
+                    self._deliver(job, index, False,
+                                  serialize.serialization_error("argument", job.describe(index), b.items[i], e))
+                    continue
+                kept.append(i)
+            if not kept:
+                return None
+            keep = kept
+        items = [b.items[i] for i in keep]
+        if b.job is not None:
+            return Batch(b.fn_id, b.kind, None, items, payload, True, b.attempts,
+                         job=b.job, indices=[b.indices[i] for i in keep])
+        return Batch(b.fn_id, b.kind, [b.targets[i] for i in keep], items, payload, True, b.attempts)
+
+    def _launch(self, batch: Batch) -> None:
+        if self.stream_items and not batch.split:
+            batch = self._subset(batch, list(range(len(batch))))  # per-item pickles to stream
+            if batch is None:
+                return
+        self._next_batch += 1
+        batch.id = self._next_batch
+        key = f"sharkcage-{self._token}-{batch.id}"
+        flight = Flight(key, batch, self.stream_items)
+        with self._lock:
+            fn = self._fns[batch.fn_id]
+        try:
+            fn_arg = self._function_arg(fn)
+            init = None
+            if self._init_fn is not None:
+                init = (self._init_fn.key, self._function_arg(self._init_fn))
+            args = (self._token, init, fn.key, fn_arg, batch.id, batch.kind, batch.payload, batch.split,
+                    self._log_level)
+            self._inflight[key] = flight
+            flight.handle = self._launch_remote(flight, args)
+        except BaseException as e:  # noqa: BLE001 - the cluster refused it: fail this batch, not the pool
+            self._inflight.pop(key, None)
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            err = SharkcageError(f"the {self.engine} cluster did not accept the task: {e!r}")
+            err.__cause__ = e
+            self._fail_batch(batch, err)
+
+    def _function_arg(self, fn: _Fn):
+        """What the remote call receives for the function: its bytes, or the
+        engine's handle on a copy made once in the cluster (big functions)."""
+        if len(fn.data) <= _INLINE_LIMIT or fn.per_call:
+            return fn.data
+        if fn.remote is None:
+            fn.remote = self._publish(fn)
+        return fn.remote
+
+    # ------------------------------------------------------------------
+    # Outcomes
+
+    def _deliver(self, job: Job, index: int, ok: bool, value) -> None:
+        try:
+            job.deliver(index, ok, value)
+        except BaseException:  # noqa: BLE001
+            log.exception("delivering the outcome of %s failed", job.describe(index))
+
+    def _fail_batch(self, batch: Batch, exc: BaseException, items=None) -> None:
+        ks = range(len(batch)) if items is None else items
+        self.recorder.failed_without_running(len(ks))
+        targets = batch.targets
+        for k in ks:
+            job, index = targets[k]
+            self._deliver(job, index, False, exc)
+
+    def _handle_records(self, records) -> None:
+        for data in records or ():
+            try:
+                record = logging.makeLogRecord(pickle.loads(data))
+                logger = logging.getLogger(record.name)
+                if logger.isEnabledFor(record.levelno):
+                    logger.handle(record)
+            except BaseException:  # noqa: BLE001 - a broken handler must not stop the pool
+                log.debug("could not handle a worker's log record", exc_info=True)
+
+    def _account(self, f: Flight, reply, meta, n: int) -> None:
+        """Stats and the measured task time (adaptive chunks) for a finished call."""
+        host, pid, seconds, rss = meta
+        f.slot = self.recorder.worker(host, pid)
+        f.pid = pid
+        self.recorder.remote_rss(f.slot, rss)
+        tag = reply[0]
+        failed = 0 if tag == "done" else sum(1 for status, _ in reply[2] if status) if tag == "mixed" else n
+        self.recorder.batch_done(f.slot, pid, batch_label(f.batch) if n == len(f.batch) else f.batch.targets[0][0].name,
+                                 n, failed, seconds, time.monotonic())
+        per_item = seconds / max(1, n)
+        self._avg_task = per_item if not self._task_samples else 0.8 * self._avg_task + 0.2 * per_item
+        self._task_samples += 1
+
+    def _stream_event(self, key: str, value) -> None:
+        f = self._inflight.get(key)
+        if f is None:
+            return
+        if value[0] == "start":
+            f.running = value[1]
+            f.started_at = time.monotonic()  # when the parent hears of it: never early
+            f.slot = self.recorder.worker(*value[2])
+            f.pid = value[2][1]
+        elif value[0] == "item":
+            _tag, i, reply, records, meta = value
+            f.running = None
+            f.settled.add(i)
+            self._handle_records(records)
+            self._account(f, reply, meta, 1)
+            if reply[0] == "bad_chunk":  # cannot happen for a single split item; settle it anyway
+                self._fail_batch(f.batch, SharkcageError(f"the worker could not read the task: {reply[2]}"), [i])
+            else:
+                replies.settle(reply[0], reply[2], [f.batch.targets[i]], self._deliver)
+        elif value[0] == "all":
+            _tag, reply, records, meta = value
+            f.settled.update(range(len(f.batch)))
+            self._account(f, reply, meta, len(f.batch))
+            replies.settle_batch(reply[0], reply[2], f.batch, self._deliver)
+
+    def _outcome(self, key: str, kind: str, value) -> None:
+        f = self._inflight.pop(key, None)
+        if f is None:
+            return  # stopped and settled already (terminate)
+        batch = f.batch
+        left = [k for k in range(len(batch)) if k not in f.settled]
+        if kind == "reply":
+            reply, records, meta = value
+            self._handle_records(records)  # before the results, as on local workers
+            if reply[0] == "bad_chunk":
+                # The chunk as a whole failed to unpickle on the worker: re-send
+                # it item by item so the failure lands on the right task(s).
+                sub = self._subset(batch, list(range(len(batch))))
+                if sub is not None:
+                    self._pending.appendleft(sub)
+            else:
+                self._account(f, reply, meta, len(batch))
+                replies.settle_batch(reply[0], reply[2], batch, self._deliver)
+        elif kind == "end":
+            if left:
+                self._fail_batch(batch, SharkcageError("the cluster ended the task without its result"), left)
+        elif kind == "cancelled" and f.kill is not None:
+            self._stopped(f, left)
+        elif kind == "crashed":
+            self._crashed(f, left, *value)
+        elif kind == "cancelled":
+            err = SharkcageError(f"the {self.engine} cluster cancelled this task ({value!r}); "
+                                 "was the cluster restarted or the connection lost?")
+            self._fail_batch(batch, err, left)
+        else:
+            what = batch.targets[0][0].describe(batch.targets[0][1])
+            err = SharkcageError(f"the {self.engine} cluster could not run {what}: {value!r}. Is the same "
+                                 "sharkcage version installed on the cluster's workers?")
+            err.__cause__ = value if isinstance(value, BaseException) else None
+            self._fail_batch(batch, err, left)
+        self._forget_function(batch.fn_id)
+
+    def _requeue(self, batch: Batch, items: list[int], attempts: int | None = None) -> None:
+        if not items:
+            return
+        sub = self._subset(batch, items)
+        if sub is not None:
+            if attempts is not None:
+                sub.attempts = attempts
+            self._pending.appendleft(sub)
+
+    def _stopped(self, f: Flight, left: list[int]) -> None:
+        """We stopped the remote call: settle the item it was stopped for, rerun the others."""
+        reason = f.kill
+        batch = f.batch
+        if reason[0] == "terminate":
+            return  # terminate() already failed everything outstanding
+        if reason[0] == "timeout":
+            item = reason[1]
+            if item in left:
+                job, index = batch.targets[item]
+                err = TaskTimeoutError(self.config.task_timeout, task=job.describe(index), pid=f.pid)
+                self.recorder.task_ended(f.slot, f.pid, job.describe(index), f.started_at, "timeout", str(err))
+                self._deliver(job, index, False, err)
+            self._requeue(batch, [k for k in left if k != item])
+            return
+        job = reason[1]
+        mine = [k for k in left if batch.targets[k][0] is job]
+        for k in mine:
+            j, index = batch.targets[k]
+            self._deliver(j, index, False, concurrent.futures.CancelledError(f"{j.describe(index)} was cancelled"))
+        self._requeue(batch, [k for k in left if k not in mine])
+
+    def _crashed(self, f: Flight, left: list[int], pid, exitcode, cause) -> None:
+        """The worker running the batch died. Only the task that was running
+        fails; when the engine cannot tell which one it was, the unfinished
+        items rerun one by one, so the culprit is found and the others finish."""
+        batch = f.batch
+        self.recorder.crashed()
+        if f.stream and f.running is not None:
+            culprit = f.running
+        else:
+            culprit = left[0] if len(left) == 1 else None
+        if culprit is None or culprit not in left:
+            for k in reversed(left):
+                self._requeue(batch, [k])
+            return
+        self._requeue(batch, [k for k in left if k != culprit])
+        if batch.attempts < self.config.retries:
+            self._requeue(batch, [culprit], batch.attempts + 1)
+            return
+        job, index = batch.targets[culprit]
+        err = WorkerCrashedError(pid if pid is not None else f.pid, exitcode, task=job.describe(index), cause=cause,
+                                 attempts=batch.attempts + 1)
+        self.recorder.task_ended(f.slot, f.pid, job.describe(index), f.started_at if f.stream else f.sent_at,
+                                 "crash", str(err))
+        self._deliver(job, index, False, err)
+
+    def _forget_function(self, fn_id: int) -> None:
+        """Drop a per-call callable once nothing can use it any more."""
+        with self._lock:
+            fn = self._fns.get(fn_id)
+            if fn is None or not fn.per_call or self._feeders:
+                return
+        if any(b.fn_id == fn_id for b in self._pending) or any(f.batch.fn_id == fn_id for f in self._inflight.values()):
+            return
+        with self._lock:
+            self._fns.pop(fn_id, None)
+
+    # ------------------------------------------------------------------
+    # Cancel, terminate, shutdown
+
+    def _cancel(self, job: Job, running: bool) -> None:
+        if any(j is job for b in self._pending for j, _ in ([(b.job, None)] if b.job is not None else b.targets)):
+            kept: collections.deque = collections.deque()
+            for b in self._pending:
+                if b.job is not None:
+                    if b.job is not job:
+                        kept.append(b)
+                    continue
+                keep = [k for k, (j, _) in enumerate(b.targets) if j is not job]
+                if len(keep) == len(b.targets):
+                    kept.append(b)
+                elif keep:
+                    sub = self._subset(b, keep)
+                    if sub is not None:
+                        kept.append(sub)
+            self._pending = kept
+        for f in list(self._inflight.values()):
+            if f.kill is not None or not self._holds(f.batch, job):
+                continue
+            if self._may_stop(f, job, running):
+                f.kill = ("cancel", job)
+                self._stop_remote(f, force=running)
+
+    @staticmethod
+    def _holds(batch: Batch, job: Job) -> bool:
+        if batch.job is not None:
+            return batch.job is job
+        return any(j is job for j, _ in batch.targets)
+
+    @staticmethod
+    def _only(batch: Batch, job: Job) -> bool:
+        if batch.job is not None:
+            return batch.job is job
+        return all(j is job for j, _ in batch.targets)
+
+    def _may_stop(self, f: Flight, job: Job, running: bool) -> bool:
+        """Whether stopping ``f``'s remote call is right for cancelling ``job``.
+
+        Without per-item notices we cannot tell a queued call from a running
+        one, and stopping a running one kills (Ray) or interrupts it: a
+        pending-only cancel leaves it alone (its results are dropped on
+        arrival). Subclasses refine this with what their engine can do.
+        """
+        if f.stream:
+            # We know what runs: a pending-only cancel must not touch a started batch.
+            return running or (f.running is None and not f.settled and self._only(f.batch, job))
+        return running
+
+    def _terminate(self, reason: str) -> None:
+        self._fail_everything(SharkcageError(f"{reason} before this task finished"))
+
+    def _fail_everything(self, exc: BaseException) -> None:
+        pending, self._pending = self._pending, collections.deque()
+        for b in pending:
+            self._fail_batch(b, exc)
+        flights = list(self._inflight.values())
+        self._inflight.clear()
+        for f in flights:
+            self._fail_batch(f.batch, exc, [k for k in range(len(f.batch)) if k not in f.settled])
+            f.kill = ("terminate",)
+            try:
+                self._stop_remote(f, force=True)
+            except Exception:  # noqa: BLE001
+                log.debug("could not stop a remote call", exc_info=True)
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            if self._state != "terminating":
+                self._state = "stopped"
+            fns = list(self._fns.values())
+        try:
+            self._disconnect(fns + ([self._init_fn] if self._init_fn else []))
+        except BaseException:  # noqa: BLE001
+            log.warning("closing the %s connection failed", self.engine, exc_info=True)
+        self.callbacks.stop()
+        self.done.set()
+        _live.discard(self)
+
+    # ------------------------------------------------------------------
+    # Engine hooks
+
+    def _launch_remote(self, flight: Flight, args: tuple):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _stop_remote(self, flight: Flight, force: bool) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _publish(self, fn: _Fn):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _cluster_slots(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _disconnect(self, fns: list) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@atexit.register
+def _terminate_all() -> None:
+    """At interpreter exit, stop every cluster pool still running, while the
+    engine's connection is still up (their own exit handlers close it)."""
+    backends = [b for b in list(_live) if not b.done.is_set()]
+    for b in backends:
+        b.terminate("the interpreter is exiting")
+    for b in backends:
+        b.join(2.0)
+
+
+# ----------------------------------------------------------------------------
+# Dask
+
+
+def _hold(data):
+    """A cluster-side copy of a big pickled function: Dask keeps the result of
+    this task on a worker, fetches it once per worker that needs it, and can
+    recompute it if the worker holding it dies (scattered data would be lost)."""
+    return data
+
+
+class DaskBackend(ClusterBackend):
+    """Runs a pool's tasks on a Dask cluster (``Pool(backend="dask", address=...)``).
+
+    Every batch is one ``client.submit`` of :func:`remote_run`. A task whose
+    worker dies is rerun by the scheduler (``distributed.scheduler.allowed-failures``,
+    default 3); when it still kills its workers (``KilledWorker``) it fails
+    with :class:`WorkerCrashedError`, after ``retries`` more attempts of its own.
+
+    >>> from distributed import Client                        # doctest: +SKIP
+    >>> from sharkcage import Pool
+    >>> client = Client("tcp://127.0.0.1:8786")               # doctest: +SKIP
+    >>> with Pool(backend="dask", address=client) as pool:    # doctest: +SKIP
+    ...     pool.map(abs, [-1, -2, 3])
+    [1, 2, 3]
+    """
+
+    engine = "dask"
+
+    def __init__(self, config: ClusterConfig, client, owns_client: bool):
+        self.client = client
+        self._owns_client = owns_client
+        if not config.fixed:
+            config.processes = max(1, self._read_slots())
+        self._collect_q: queue.SimpleQueue = queue.SimpleQueue()
+        self._futures: dict[str, Any] = {}
+        super().__init__(config)
+        self._collector = start.mark_own_thread(threading.Thread(
+            target=self._collect_loop, name=f"sharkcage-dask-collect-{config.name}", daemon=True))
+        self._collector.start()
+
+    def _read_slots(self) -> int:
+        return sum(self.client.nthreads().values())
+
+    def _cluster_slots(self) -> int:
+        return self._read_slots()
+
+    def _publish(self, fn: _Fn):
+        return self.client.submit(_hold, fn.data, key=f"sharkcage-fn-{fn.key.replace(':', '-')}", pure=False)
+
+    def _launch_remote(self, flight: Flight, args: tuple):
+        fut = self.client.submit(remote_run, *args, key=flight.key, pure=False, retries=0)
+        fut.add_done_callback(lambda f, key=flight.key: self._collect_q.put((key, f)))
+        return fut
+
+    def _may_stop(self, f: Flight, job: Job, running: bool) -> bool:
+        # Dask cannot interrupt a running task, so cancelling its future only
+        # drops it (if queued) or discards its result (if running): safe for
+        # any cancel, but only when every item of the batch is the job's.
+        return self._only(f.batch, job)
+
+    def _stop_remote(self, flight: Flight, force: bool) -> None:
+        if flight.handle is not None:
+            self.client.cancel([flight.handle])
+
+    def dump_stacks(self, timeout: float = 2.0) -> dict:
+        """``{worker address: the Python stack of each of this pool's tasks running there}``.
+
+        Dask's ``call_stack`` samples the worker threads, so it shows Python
+        frames only: a task stuck inside C code shows the call into it.
+        """
+        for _ in range(3):
+            try:
+                keys = [f.key for f in self._inflight.values()]
+                break
+            except RuntimeError:  # the dispatcher changed the table under us
+                continue
+        else:
+            keys = []
+        if not keys:
+            return {}
+        stacks = self.client.call_stack(keys=keys)
+        return {addr: "\n\n".join(f"{key}:\n" + "".join(lines) for key, lines in per_key.items())
+                for addr, per_key in stacks.items() if per_key}
+
+    def _collect_loop(self) -> None:
+        """Fetch finished futures' results off the dispatcher thread, so a big
+        transfer (or a recomputation) never stalls dispatch, cancel or terminate."""
+        while True:
+            item = self._collect_q.get()
+            if item is None:
+                return
+            batch = [item]
+            while True:
+                try:
+                    nxt = self._collect_q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._collect_q.put(None)
+                    break
+                batch.append(nxt)
+            finished = [(k, f) for k, f in batch if f.status == "finished"]
+            others = [(k, f) for k, f in batch if f.status != "finished"]
+            if len(finished) > 1:
+                try:
+                    values = self.client.gather([f for _k, f in finished])  # one round trip for all
+                except Exception:  # noqa: BLE001 - one of them went away: take them one by one
+                    others = finished + others
+                else:
+                    for (k, _f), v in zip(finished, values):
+                        self._post("outcome", k, "reply", v)
+                    finished = []
+            for k, f in finished + others:
+                self._collect_one(k, f)
+
+    def _collect_one(self, key: str, fut) -> None:
+        from distributed.scheduler import KilledWorker
+
+        try:
+            value = fut.result()
+        except KilledWorker as e:
+            worker = getattr(getattr(e, "last_worker", None), "address", "?")
+            cause = (f"Dask's scheduler saw {getattr(e, 'allowed_failures', 0) + 1} workers die while running it "
+                     f"(KilledWorker; the last one was {worker}): os._exit, a signal, a segfault or the OOM killer")
+            self._post("outcome", key, "crashed", (None, None, cause))
+        except concurrent.futures.CancelledError as e:
+            self._post("outcome", key, "cancelled", e)
+        except BaseException as e:  # noqa: BLE001 - a lost connection, a missing module on the worker...
+            self._post("outcome", key, "error", e)
+        else:
+            self._post("outcome", key, "reply", value)
+
+    def _disconnect(self, fns: list) -> None:
+        for fn in fns:
+            fn.remote = None  # drop the cluster-side copies (Dask releases unreferenced keys)
+        self._collect_q.put(None)
+        if self._owns_client:
+            try:
+                self.client.close(timeout=5)
+            except Exception:  # noqa: BLE001
+                log.debug("closing the Dask client failed", exc_info=True)
+        if threading.current_thread() is not self._collector:
+            self._collector.join(5.0)
+
+
+def make_dask_backend(*, address=None, **options) -> DaskBackend:
+    """Connect to a Dask cluster and start a backend on it.
+
+    ``address``: a scheduler address string, a ``distributed.Client`` (never
+    closed by sharkcage), a Dask cluster object, or None for the current
+    default client (``distributed.get_client()``).
+    """
+    try:
+        import distributed
+    except ImportError as e:
+        raise ImportError(
+            "backend='dask' needs Dask's distributed scheduler, which is not installed: "
+            "pip install 'sharkcage[dask]'"
+        ) from e
+    config = check_options("dask", timeout_supported=False, **options)
+    if isinstance(address, distributed.Client):
+        if address.asynchronous:
+            raise ValueError("an asynchronous distributed.Client cannot drive a Pool; pass a synchronous Client")
+        if address.status not in ("running", "connecting", "newly-created"):
+            raise ValueError(f"the distributed.Client passed as address= is {address.status!r}, not running")
+        return DaskBackend(config, address, owns_client=False)
+    if address is None:
+        try:
+            client = distributed.get_client()
+        except ValueError:
+            raise ValueError(
+                "backend='dask' needs address=: a scheduler address such as 'tcp://127.0.0.1:8786', "
+                "a distributed.Client, or a Dask cluster object"
+            ) from None
+        return DaskBackend(config, client, owns_client=False)
+    if not isinstance(address, str) and not hasattr(address, "scheduler_address"):
+        raise TypeError(f"address= must be a scheduler address, a distributed.Client or a Dask cluster, "
+                        f"not {type(address).__name__}")
+    try:
+        client = distributed.Client(address, set_as_default=False)
+    except OSError as e:
+        raise OSError(f"cannot reach the Dask scheduler at {address!r}: {e}") from e
+    try:
+        return DaskBackend(config, client, owns_client=True)
+    except BaseException:
+        client.close()
+        raise

@@ -1,0 +1,220 @@
+"""The Ray backend: ``Pool(backend="ray", address=...)``.
+
+``address`` is what ``ray.init`` takes: ``"auto"``, ``"host:port"`` of a
+running head, ``"ray://host:10001"`` (Ray Client), or None to start a local
+Ray on this machine. If this process already called ``ray.init()``, the pool
+uses that connection and never shuts it down; if sharkcage opened it, the
+last sharkcage pool using it shuts it down at close/terminate. Importing this
+module does not import Ray; building the backend does.
+
+Each batch is one Ray task running ``remote_run`` (see ``backends/dask.py``
+for the shared machinery and its data flow): ``worker.run_batch`` on the Ray
+worker, its reply settled with ``replies.settle``, so errors map onto the
+same classes as on the local engine. Ray can kill the worker running a task
+(``ray.cancel(force=True)``), so:
+
+* ``task_timeout`` is enforced: batches then run as streaming generators
+  that announce each item's start; when one runs past the limit its worker
+  is killed, that task fails with :class:`TaskTimeoutError`, and the rest of
+  its batch runs again.
+* ``AsyncResult.cancel()`` / ``executor.cancel(future)`` stop a running task.
+* A worker that dies fails only its own task with
+  :class:`WorkerCrashedError`; sharkcage, not Ray, does the ``retries``
+  (Ray's own ``max_retries`` is 0), so a crash is counted the same way on
+  every backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+from sharkcage._engine import start
+from sharkcage.backends.dask import ClusterBackend, ClusterConfig, Flight, _Fn, check_options, remote_run, \
+    remote_run_stream
+
+log = logging.getLogger("sharkcage")
+
+_ray_lock = threading.Lock()
+_ray_users = 0  # sharkcage pools on the connection sharkcage opened
+_ray_ours = False  # sharkcage called ray.init(), so sharkcage calls ray.shutdown()
+_remote = None  # (plain, streaming) Ray remote functions, made once per process
+
+
+def _remote_functions():
+    global _remote
+    if _remote is None:
+        import ray
+
+        # max_retries=0: a crash comes back to sharkcage, which reruns the
+        # batch's other items and counts ``retries`` itself, as locally.
+        plain = ray.remote(num_cpus=1, max_retries=0, retry_exceptions=False)(remote_run)
+        stream = ray.remote(num_cpus=1, max_retries=0, num_returns="streaming")(remote_run_stream)
+        _remote = (plain, stream)
+    return _remote
+
+
+def _connect(address, num_cpus) -> bool:
+    """Make sure this process is connected to Ray; True if sharkcage owns the connection."""
+    global _ray_users, _ray_ours
+    import ray
+
+    with _ray_lock:
+        if ray.is_initialized():
+            if _ray_ours:
+                _ray_users += 1
+                return True
+            return False  # the user's connection: never shut it down
+        if address is not None and not isinstance(address, str):
+            raise ValueError("the Ray context passed as address= is not connected (ray.is_initialized() is False)")
+        kwargs = {"num_cpus": num_cpus} if address is None and num_cpus else {}
+        ray.init(address=address, **kwargs)
+        _ray_ours = True
+        _ray_users = 1
+        return True
+
+
+def _release() -> None:
+    global _ray_users, _ray_ours
+    import ray
+
+    with _ray_lock:
+        _ray_users -= 1
+        if _ray_users <= 0 and _ray_ours:
+            _ray_ours = False
+            _ray_users = 0
+            ray.shutdown()
+
+
+class RayBackend(ClusterBackend):
+    """Runs a pool's tasks on a Ray cluster (``Pool(backend="ray", address=...)``).
+
+    >>> from sharkcage import Pool
+    >>> with Pool(backend="ray", address="auto", task_timeout=60) as pool:   # doctest: +SKIP
+    ...     pool.map(abs, [-1, -2, 3])
+    [1, 2, 3]
+    """
+
+    engine = "ray"
+
+    def __init__(self, config: ClusterConfig, owns_connection: bool):
+        import ray
+
+        self._ray = ray
+        self._owns = owns_connection
+        # Per-item start notices cost a little per item: only when a timeout needs them.
+        self.stream_items = config.task_timeout is not None
+        if not config.fixed:
+            config.processes = max(1, self._cluster_slots())
+        self._plain, self._stream = _remote_functions()
+        self._loop = None
+        self._loop_thread = None
+        if self.stream_items:
+            self._loop = asyncio.new_event_loop()
+            self._loop_thread = start.mark_own_thread(threading.Thread(
+                target=self._loop.run_forever, name=f"sharkcage-ray-stream-{config.name}", daemon=True))
+            self._loop_thread.start()
+        super().__init__(config)
+
+    def _cluster_slots(self) -> int:
+        return int(self._ray.cluster_resources().get("CPU", 1))
+
+    def _publish(self, fn: _Fn):
+        return self._ray.put(fn.data)
+
+    def _launch_remote(self, flight: Flight, args: tuple):
+        if flight.stream:
+            gen = self._stream.remote(*args)
+            asyncio.run_coroutine_threadsafe(self._consume(flight.key, gen), self._loop)
+            return gen
+        ref = self._plain.remote(*args)
+        ref.future().add_done_callback(lambda fut, key=flight.key: self._done(key, fut))
+        return ref
+
+    def _done(self, key: str, fut) -> None:
+        """Ray's callback thread: report the outcome to the dispatcher."""
+        try:
+            exc = fut.exception()
+            if exc is None:
+                self._post("outcome", key, "reply", fut.result())
+            else:
+                self._post("outcome", key, *self._classify(exc))
+        except BaseException as e:  # noqa: BLE001 - a cancelled concurrent future, ...
+            self._post("outcome", key, *self._classify(e))
+
+    async def _consume(self, key: str, gen) -> None:
+        try:
+            async for ref in gen:
+                self._post("stream", key, await ref)
+        except BaseException as e:  # noqa: BLE001 - the task's end, however it came
+            self._post("outcome", key, *self._classify(e))
+        else:
+            self._post("outcome", key, "end", None)
+
+    def _classify(self, e: BaseException):
+        rex = self._ray.exceptions
+        if isinstance(e, rex.TaskCancelledError):
+            return "cancelled", e
+        cause = getattr(e, "cause", None)
+        if isinstance(e, rex.RayTaskError) and isinstance(cause, rex.RayError):
+            e = cause  # a system failure surfaced through a task error
+        if isinstance(e, rex.OutOfMemoryError):
+            return "crashed", (None, None, "Ray's memory monitor killed the worker: its node ran low on memory")
+        crash_types = (rex.WorkerCrashedError, rex.NodeDiedError, rex.LocalRayletDiedError, rex.ObjectLostError)
+        if isinstance(e, crash_types):
+            return "crashed", (None, None, f"Ray reported {type(e).__name__}: the worker process died "
+                                           "(os._exit, a signal, a segfault or the OOM killer; see the raylet logs)")
+        return "error", e
+
+    def _stop_remote(self, flight: Flight, force: bool) -> None:
+        if flight.handle is None:
+            return
+        try:
+            # force=True kills the worker process if the task runs; a queued
+            # task is only dropped either way.
+            self._ray.cancel(flight.handle, force=force, recursive=True)
+        except Exception:  # noqa: BLE001 - finished meanwhile, or the connection is gone
+            log.debug("ray.cancel failed", exc_info=True)
+
+    def _disconnect(self, fns: list) -> None:
+        for fn in fns:
+            fn.remote = None  # the object refs: Ray frees what nothing references
+        if self._loop is not None:
+            loop = self._loop
+
+            async def cancel_all():
+                tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+            try:
+                asyncio.run_coroutine_threadsafe(cancel_all(), loop).result(5.0)
+            except Exception:  # noqa: BLE001
+                log.debug("stopping the Ray stream consumers failed", exc_info=True)
+            loop.call_soon_threadsafe(loop.stop)
+            self._loop_thread.join(5.0)
+            if not self._loop_thread.is_alive():
+                loop.close()
+        if self._owns:
+            _release()
+
+
+def make_ray_backend(*, address=None, **options) -> RayBackend:
+    """Connect to Ray (or reuse this process's connection) and start a backend on it."""
+    try:
+        import ray  # noqa: F401
+    except ImportError as e:
+        raise ImportError("backend='ray' needs Ray, which is not installed: pip install 'sharkcage[ray]'") from e
+    config = check_options("ray", timeout_supported=True, **options)
+    if address is not None and not isinstance(address, str) and not type(address).__name__.endswith("Context"):
+        raise TypeError(f"address= must be a Ray address ('auto', 'host:port', 'ray://host:port'), a Ray context "
+                        f"or None, not {type(address).__name__}")
+    owns = _connect(address, config.processes if config.fixed else None)
+    try:
+        return RayBackend(config, owns)
+    except BaseException:
+        if owns:
+            _release()
+        raise
