@@ -448,7 +448,7 @@ def _fmt_time(seconds: float) -> str:
 
 def format_table(rows: list[dict], timeout: float, total: float) -> str:
     """The human table, then one line of detail per side, then the summary."""
-    head = ("scenario", "stdlib", "time", "sharkcage", "time", "")
+    head = ("scenario", "stdlib", "time", "sharkcage", "time", "verdict")
     body = [
         (
             r["name"],
