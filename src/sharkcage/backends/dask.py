@@ -275,6 +275,55 @@ def _rss() -> int | None:
 _HOST = socket.gethostname()
 
 
+_plain_lock = threading.Lock()
+_plain_depth = 0
+_plain_hidden: dict = {}
+
+
+class _PlainExceptionPickling:
+    """Hide tblib's exception reducers from ``copyreg`` while our tasks run.
+
+    Dask workers install tblib's ``pickling_support`` for every exception
+    class; its reducer rebuilds an exception with ``__new__`` and attribute
+    copies, so ``SystemExit(3).code`` arrives as None, ``OSError.errno`` is
+    lost, and an exception that cannot survive pickle (seed 003) seems to
+    round-trip and never becomes a RemoteError. Counted, so concurrent tasks
+    of a multi-threaded worker share one hiding; Dask's own error reports
+    (which want tblib) pickle tracebacks, not our exceptions.
+    """
+
+    def __enter__(self):
+        global _plain_depth
+        with _plain_lock:
+            if _plain_depth == 0:
+                import copyreg
+
+                for cls, reducer in list(copyreg.dispatch_table.items()):
+                    if (isinstance(cls, type) and issubclass(cls, BaseException)
+                            and getattr(reducer, "__module__", "").startswith("tblib")):
+                        _plain_hidden[cls] = copyreg.dispatch_table.pop(cls)
+            _plain_depth += 1
+
+    def __exit__(self, *exc_info):
+        global _plain_depth
+        with _plain_lock:
+            _plain_depth -= 1
+            if _plain_depth == 0:
+                import copyreg
+
+                for cls, reducer in _plain_hidden.items():
+                    copyreg.dispatch_table.setdefault(cls, reducer)
+                _plain_hidden.clear()
+
+
+def _exception_guard():
+    """The guard above where tblib is loaded (Dask workers), nothing elsewhere."""
+    import contextlib
+    import sys
+
+    return _PlainExceptionPickling() if "tblib.pickling_support" in sys.modules else contextlib.nullcontext()
+
+
 def remote_run(token: str, init, fn_key: str, fn_data: bytes, batch_id: int, kind: int, payload, split: bool,
                log_level: int):
     """One batch on a cluster worker: ``(reply, log records, (host, pid, seconds, rss))``.
@@ -287,9 +336,10 @@ def remote_run(token: str, init, fn_key: str, fn_data: bytes, batch_id: int, kin
     handler = _capture_logs(log_level)
     began = time.monotonic()
     try:
-        fn, reply = _prepare(batch_id, token, init, fn_key, fn_data)
-        if reply is None:
-            reply = worker_mod.run_batch(batch_id, fn, kind, payload, split, timed=False)
+        with _exception_guard():
+            fn, reply = _prepare(batch_id, token, init, fn_key, fn_data)
+            if reply is None:
+                reply = worker_mod.run_batch(batch_id, fn, kind, payload, split, timed=False)
     finally:
         logging.getLogger().removeHandler(handler)
     return reply, handler.records, (_HOST, os.getpid(), time.monotonic() - began, _rss())
@@ -304,7 +354,8 @@ def remote_run_stream(token: str, init, fn_key: str, fn_data: bytes, batch_id: i
     records, meta)`` settles it. ``payload`` is a list of per-item pickles.
     """
     me = (_HOST, os.getpid())
-    fn, reply = _prepare(batch_id, token, init, fn_key, fn_data)
+    with _exception_guard():
+        fn, reply = _prepare(batch_id, token, init, fn_key, fn_data)
     if reply is not None:
         yield ("all", reply, [], me + (0.0, _rss()))
         return
@@ -313,7 +364,8 @@ def remote_run_stream(token: str, init, fn_key: str, fn_data: bytes, batch_id: i
         handler = _capture_logs(log_level)
         began = time.monotonic()
         try:
-            reply = worker_mod.run_batch(batch_id, fn, kind, [item], True, timed=False)
+            with _exception_guard():
+                reply = worker_mod.run_batch(batch_id, fn, kind, [item], True, timed=False)
         finally:
             logging.getLogger().removeHandler(handler)
         yield ("item", i, reply, handler.records, me + (time.monotonic() - began, _rss()))
@@ -432,6 +484,7 @@ class ClusterBackend:
         self._state = "running"  # running -> closing -> stopped; or terminating
         self._reason = ""
         self._feeders = 0
+        self._feeder_set: "weakref.WeakSet" = weakref.WeakSet()
         self._slots = max(1, config.processes)
         self._slots_read = time.monotonic()
         self._avg_task = 0.0
@@ -486,9 +539,18 @@ class ClusterBackend:
             raise ValueError("Pool not running")
         self._events.put(("submit", batches))
 
-    def feeder_started(self) -> None:
+    def feeder_started(self, feeder=None) -> None:
         with self._lock:
             self._feeders += 1
+            if feeder is not None:
+                self._feeder_set.add(feeder)
+
+    def stop_feeders(self, reason: str) -> None:
+        """Lazy inputs pull nothing more (executor shutdown); each says where it stopped."""
+        with self._lock:
+            feeders = list(self._feeder_set)
+        for f in feeders:
+            f.stop(reason)
 
     def feeder_finished(self) -> None:
         with self._lock:

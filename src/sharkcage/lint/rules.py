@@ -648,35 +648,104 @@ def _defines(m: Model, cls: ast.ClassDef, names: tuple[str, ...], seen: frozense
     return False
 
 
-def _super_init_args(init: ast.AST, cls: ast.ClassDef, me: str) -> list[ast.Call]:
-    """The ``super().__init__(...)`` / ``Base.__init__(self, ...)`` calls in an __init__."""
-    bases = {dotted(b) for b in cls.bases}
-    out = []
+def _init_of(cls: ast.ClassDef) -> ast.AST | None:
+    return next((s for s in cls.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 and s.name == "__init__"), None)
+
+
+def _args_assignment(init: ast.AST, me: str) -> ast.Assign | None:
+    for node in walk_scope(init.body):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Attribute) and t.attr == "args" and isinstance(t.value, ast.Name) and t.value.id == me
+            for t in node.targets
+        ):
+            return node
+    return None
+
+
+def _super_init_call(init: ast.AST, cls: ast.ClassDef, me: str) -> tuple[ast.Call, int, ast.AST | None] | None:
+    """The first ``super().__init__(...)`` or ``Base.__init__(self, ...)`` call of an __init__:
+    ``(call, how many leading arguments are self, the base it goes to or None for the first)``."""
+    bases = {dotted(b): b for b in cls.bases}
     for node in walk_scope(init.body):
         if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "__init__"):
             continue
         v = node.func.value
         if isinstance(v, ast.Call) and isinstance(v.func, ast.Name) and v.func.id == "super":
-            out.append((node, 0))
-        elif dotted(v) in bases and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id == me:
-            out.append((node, 1))
-    return out
+            return node, 0, None
+        name = dotted(v)
+        if name in bases and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id == me:
+            return node, 1, bases[name]
+    return None
+
+
+KEEP = "keep"  # BaseException.__init__ is never reached: self.args keeps every constructor argument
+
+
+def _args_after_init(m: Model, cls: ast.ClassDef, scope: Scope, n: int, depth: int = 0) -> int | str | None:
+    """How many values end up in ``self.args`` when ``cls.__init__`` gets ``n`` positional
+    arguments: a count, KEEP, or None when the chain leaves this file (unknown: no finding)."""
+    if depth > 20:
+        return None
+    init = _init_of(cls)
+    if init is None:
+        return _args_after_base(m, cls, cls.bases[0] if cls.bases else None, scope, n, depth)
+    params = init.args.posonlyargs + init.args.args
+    if not params:
+        return None
+    me, named = params[0].arg, params[1:]
+    assign = _args_assignment(init, me)
+    if assign is not None:
+        value = assign.value
+        if isinstance(value, (ast.Tuple, ast.List)) and not any(isinstance(e, ast.Starred) for e in value.elts):
+            return len(value.elts)
+        return None
+    found = _super_init_call(init, cls, me)
+    if found is None:
+        return KEEP
+    call, skip, base = found
+    passed = call.args[skip:]
+    count = 0
+    for arg in passed:
+        if isinstance(arg, ast.Starred):
+            vararg = init.args.vararg
+            if vararg is None or not (isinstance(arg.value, ast.Name) and arg.value.id == vararg.arg):
+                return None
+            count += max(n - len(named), 0)  # *args passes the extra positional arguments along
+        else:
+            count += 1
+    return _args_after_base(m, cls, base if base is not None else (cls.bases[0] if cls.bases else None),
+                            scope, count, depth)
+
+
+def _args_after_base(m: Model, cls: ast.ClassDef, base: ast.AST | None, scope: Scope, n: int, depth: int):
+    import builtins
+
+    if base is None:
+        return None
+    found = m.def_of(base, scope)
+    if found and isinstance(found[0], ast.ClassDef):
+        return _args_after_init(m, found[0], found[1], n, depth + 1)
+    q = m.qualname(base, scope)
+    if q and q.startswith("builtins."):
+        obj = getattr(builtins, q[9:], None)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            return n  # BaseException.__init__ stores exactly what it is given
+    return None
 
 
 def check_sc007(m: Model) -> Report:
     for scope in m.scopes():
         for cls in [d for d in scope.defs.values() if isinstance(d, ast.ClassDef)]:
-            init = next((s for s in cls.body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef))
-                         and s.name == "__init__"), None)
+            init = _init_of(cls)
             if init is None or not _is_exception_class(m, cls, scope) or _defines(m, cls, _REDUCERS):
                 continue
             a = init.args
-            params = (a.posonlyargs + a.args)
+            params = a.posonlyargs + a.args
             if not params:
                 continue
             me, params = params[0].arg, params[1:]
-            n_required = len(params) - len(a.defaults)
-            required = [p.arg for p in params[:max(n_required, 0)]]
+            required = [p.arg for p in params[: max(len(params) - len(a.defaults), 0)]]
             kwonly = [p.arg for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is None]
             if kwonly:
                 yield init, (
@@ -684,35 +753,28 @@ def check_sc007(m: Model) -> Report:
                     f"never reach self.args: unpickling calls {cls.name}(*self.args) without them and fails"
                 )
                 continue
-            for node in walk_scope(init.body):
-                if isinstance(node, ast.Assign) and any(
-                    isinstance(t, ast.Attribute) and t.attr == "args" and isinstance(t.value, ast.Name) and t.value.id == me
-                    for t in node.targets
-                ):
-                    names = [e.id for e in node.value.elts] if isinstance(node.value, (ast.Tuple, ast.List)) and all(
-                        isinstance(e, ast.Name) for e in node.value.elts) else None
-                    if names != [p.arg for p in params][: len(names or [])] or (names is not None and len(names) < len(required)):
-                        yield node, (
-                            f"exception `{cls.name}` rewrites self.args in __init__: unpickling calls "
-                            f"{cls.name}(*self.args), which then passes the wrong values (or too few)"
-                        )
-                        break
-            else:
-                if not required or a.vararg is not None:
-                    continue
-                calls = _super_init_args(init, cls, me)
-                if not calls:
-                    continue  # BaseException.__new__ keeps every positional argument in self.args
-                call, skip = calls[0]
-                if any(isinstance(x, ast.Starred) for x in call.args) or any(k.arg is None for k in call.keywords):
-                    continue
-                passed = len(call.args) - skip
-                if passed < len(required):
-                    yield call, (
-                        f"exception `{cls.name}` takes {len(required)} required argument(s) "
-                        f"({', '.join(required)}) but passes {passed} to __init__ of its base: "
-                        f"unpickling calls {cls.name}(*self.args) with {passed} and fails"
+            assign = _args_assignment(init, me)
+            if assign is not None:
+                value = assign.value
+                names = [e.id for e in value.elts] if isinstance(value, (ast.Tuple, ast.List)) and all(
+                    isinstance(e, ast.Name) for e in value.elts) else None
+                # self.args = (a, b) in __init__'s own order is the documented way to stay picklable
+                if names is None or names != [p.arg for p in params][: len(names)] or len(names) < len(required):
+                    yield assign, (
+                        f"exception `{cls.name}` rewrites self.args in __init__: unpickling calls "
+                        f"{cls.name}(*self.args), which then passes the wrong values (or too few)"
                     )
+                continue
+            if not required:
+                continue
+            kept = _args_after_init(m, cls, scope, len(required))
+            if isinstance(kept, int) and kept < len(required):
+                found = _super_init_call(init, cls, me)
+                yield (found[0] if found else init), (
+                    f"exception `{cls.name}` takes {len(required)} required argument(s) "
+                    f"({', '.join(required)}) but keeps {kept} in self.args: "
+                    f"unpickling calls {cls.name}(*self.args) with {kept} and fails"
+                )
 
 
 # --- SC008: globals changed in a task and read in the parent ------------------------------------
