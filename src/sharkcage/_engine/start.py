@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import socket
 import sys
 import threading
 
@@ -33,6 +35,17 @@ _NO_PRELOAD = {
 }
 
 _forkserver_lock = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    # The zygote is forked while this lock is held (by the forking thread,
+    # which becomes the child's only thread but never releases it there):
+    # every child starts with a fresh one, or a nested pool would deadlock.
+    global _forkserver_lock
+    _forkserver_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_after_fork)
 _patched = False
 
 
@@ -150,11 +163,22 @@ def preload_candidates() -> list[str]:
 
 
 def ensure_forkserver(ctx) -> None:
-    """Start the forkserver (once per process) with the parent's imports preloaded.
+    """Start the process-wide forkserver once, the fastest safe way.
 
-    The stdlib forkserver dies on any preload error that is not an
-    ImportError, so the list travels in an environment variable to our own
-    preload module, which imports each entry inside a guard.
+    * When this process is single-threaded (counting OS threads, not only
+      Python's), the forkserver is *forked* from it — a "zygote": no
+      interpreter start-up, every module the parent imported is already
+      there, and no lock can be held by a thread that will not exist in the
+      child, because there is no other thread. The zygote closes every file
+      descriptor it inherited, so it holds none of the parent's sockets or
+      files, and then runs the stdlib's forkserver loop: every worker and
+      every replacement is forked from that clean process, never from the
+      (later threaded) parent.
+    * Otherwise the stdlib's forkserver is spawned fresh, with the parent's
+      imported packages preloaded (through our guarded preload module: the
+      stdlib's own preload dies on any error that is not an ImportError).
+
+    One forkserver serves every pool of the process.
     """
     if ctx.get_start_method() != "forkserver":
         return
@@ -164,9 +188,83 @@ def ensure_forkserver(ctx) -> None:
         server = forkserver._forkserver
         if getattr(server, "_forkserver_pid", None) is not None:
             return
+        if sys.platform.startswith("linux") and _fork_is_safe_here():
+            try:
+                _fork_zygote(server)
+                return
+            except OSError:
+                pass  # fall back to the spawned forkserver below
         ctx.set_forkserver_preload(["sharkcage._engine.preload"])
         os.environ["SHARKCAGE_PRELOAD"] = ",".join(preload_candidates())
         try:
             forkserver.ensure_running()
         finally:
             os.environ.pop("SHARKCAGE_PRELOAD", None)
+
+
+def _fork_is_safe_here() -> bool:
+    """True when forking this process now cannot copy a lock held by another thread.
+
+    Only the main thread may run — at the OS level. The one exception is a
+    thread pool of OpenBLAS (numpy's BLAS): it registers pthread_atfork
+    handlers that park its threads around fork(), so it is fork-safe; an
+    OpenMP runtime (libgomp, libiomp) is not, and then we do not fork.
+    """
+    try:
+        tids = {int(t) for t in os.listdir("/proc/self/task")}
+    except OSError:
+        return False
+    if len(tids) == 1:
+        return True
+    py_threads = [t for t in threading.enumerate() if t.is_alive()]
+    if len(py_threads) > 1:
+        return False
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return False
+    return "openblas" in maps and not any(omp in maps for omp in ("libgomp", "libiomp", "libomp"))
+
+
+def _fork_zygote(server) -> None:
+    """Fork the forkserver from this (single-threaded) process; see ensure_forkserver."""
+    from multiprocessing import connection, forkserver, resource_tracker, util
+
+    resource_tracker.ensure_running()  # its fd is handed to every worker
+    listener = socket.socket(socket.AF_UNIX)
+    address = connection.arbitrary_address("AF_UNIX")
+    listener.bind(address)
+    if not util.is_abstract_socket_namespace(address):
+        os.chmod(address, 0o600)
+    listener.listen()
+    alive_r, alive_w = os.pipe()
+    keep = {0, 1, 2, listener.fileno(), alive_r}
+    pid = os.fork()
+    if pid == 0:  # the zygote
+        try:
+            for fd in _open_fds():
+                if fd not in keep:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+                signal.signal(sig, signal.SIG_DFL)
+            forkserver.main(listener.fileno(), alive_r, [], None, None)
+        except BaseException:  # noqa: BLE001 - never run the parent's code on the way out
+            pass
+        finally:
+            os._exit(0)
+    os.close(alive_r)
+    listener.close()
+    server._forkserver_address = address
+    server._forkserver_alive_fd = alive_w
+    server._forkserver_pid = pid
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        return list(range(3, 1024))

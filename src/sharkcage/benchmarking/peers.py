@@ -575,9 +575,10 @@ GROUPS = {
     "all": SELECTABLE,
     "stdlib": ["stdlib-fork", "stdlib-forkserver", "stdlib-spawn", "stdlib-ppe"],
 }
-# --quick: the stdlib (fork and its executor) and two popular libraries;
-# the cluster peers' own startup (seconds each) does not fit in a minute.
-QUICK_PEERS = ["sharkcage", "stdlib-fork", "stdlib-ppe", "loky", "pebble"]
+# --quick: the stdlib's fork Pool and its executor, the two everyone has;
+# more peers, let alone the cluster ones (seconds of startup each), do not
+# fit in a minute on 2 cores.
+QUICK_PEERS = ["sharkcage", "stdlib-fork", "stdlib-ppe"]
 
 
 def create(name: str, backend: str | None = None, address: str | None = None) -> Peer:

@@ -9,9 +9,10 @@ Rotating the peer order per repeat spreads slow drifts of the machine
 (thermal, other jobs) over every peer instead of always charging the peer
 that runs last. Each sample runs in a new session (its own process group)
 with stdout/stderr going to files, not pipes: a worker that inherited the
-pipe and outlives the driver must not keep the bench waiting for EOF. After
-the driver exits, or when its timeout passes, the whole group is killed
-with SIGKILL, and so is any descendant that left the group.
+pipe and outlives the driver must not keep the bench waiting for EOF. When
+its timeout passes the driver is SIGKILLed with its workers, and whatever
+is left of its group (or escaped it) after a short drain is SIGKILLed too,
+so nothing of one sample outlives it (see :func:`_reap`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,10 @@ DRIVER = str(Path(__file__).with_name("driver.py"))
 # Beyond the sample timeout, the driver's own teardown watchdog needs this
 # long to report "teardown hung" itself before the bench kills it.
 _KILL_WAIT = 2.0
+# With a time budget, no sample starts with less than this left.
+_MIN_SAMPLE = 3.0
+# How long a sample's leftover processes may take to leave by themselves.
+_DRAIN_WAIT = 2.0
 
 
 @dataclasses.dataclass
@@ -48,7 +53,7 @@ class Plan:
     repeats: int
     params: dict
     timeout: float
-    budget: float | None = None  # seconds; samples not started by then are skipped
+    budget: float | None = None  # seconds for all samples; what does not fit is skipped
     backend: str | None = None
     address: str | None = None
 
@@ -87,7 +92,64 @@ def _descendants(pid: int) -> list:
         return []
 
 
-def _kill_group(pgid: int, stragglers: list) -> None:
+def _group(pgid: int) -> list:
+    import psutil
+
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid:
+                out.append(p)
+        except (OSError, psutil.Error):
+            continue
+    return out
+
+
+def _is_tracker(p) -> bool:
+    try:
+        return "resource_tracker" in " ".join(p.cmdline())
+    except Exception:
+        return False
+
+
+def _group_gone(pgid: int, wait: float) -> bool:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _reap(proc: subprocess.Popen, stragglers: list, timed_out: bool) -> None:
+    """Leave nothing of a sample behind.
+
+    A driver that exited by itself gets :data:`_DRAIN_WAIT` seconds for its
+    group to go (workers finishing their exit, resource trackers unlinking
+    what a crash left). A hung one is SIGKILLed with its workers first, but
+    not its resource trackers: they clean up when they see their clients
+    gone, and only then is the rest of the group killed. Either way what is
+    left is SIGKILLed, group and escaped descendants alike.
+    """
+    pgid = proc.pid  # the driver leads its own session and group
+    if timed_out:
+        try:
+            members = _group(pgid)
+        except Exception:
+            members = []
+        for p in members + stragglers:
+            if not _is_tracker(p):
+                try:
+                    p.kill()
+                except Exception:
+                    pass
+    proc.wait()  # a zombie driver would keep its group "alive"
+    _group_gone(pgid, _DRAIN_WAIT)
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -123,9 +185,10 @@ def run_sample(peer: str, workload: str, params: dict, timeout: float,
             proc.wait(timeout + _KILL_WAIT)
         except subprocess.TimeoutExpired:
             timed_out = True
-        stragglers = _descendants(proc.pid)
-        _kill_group(proc.pid, stragglers)
-        proc.wait()
+        # Descendants are found through the driver while it is alive;
+        # after its exit only the process group still holds them together.
+        stragglers = _descendants(proc.pid) if timed_out else []
+        _reap(proc, stragglers, timed_out)
         wall = time.monotonic() - t0
         out.seek(0)
         err.seek(0)
@@ -164,13 +227,22 @@ def run(plan: Plan, progress: Callable[[str], None] | None = None) -> list[dict]
     todo = schedule(plan)
     start = time.monotonic()
     for i, (r, peer, workload) in enumerate(todo, 1):
-        if plan.budget is not None and time.monotonic() - start > plan.budget:
+        timeout, capped = plan.timeout, False
+        if plan.budget is not None:
+            # A sample starts only with a useful time left, and may not run
+            # past the budget: the budget is a promise (--quick: a minute).
+            left = plan.budget - (time.monotonic() - start)
+            capped = left < timeout
+            timeout = min(timeout, left)
+        if plan.budget is not None and timeout < _MIN_SAMPLE:
             result = {"peer": peer, "workload": workload, "status": "skipped",
                       "detail": f"time budget of {plan.budget:g} s used up"}
         else:
             load = _loadavg()
-            result = run_sample(peer, workload, plan.params, plan.timeout, plan.backend, plan.address)
+            result = run_sample(peer, workload, plan.params, timeout, plan.backend, plan.address)
             result["loadavg"] = load
+            if capped and result["status"] == "hung":
+                result.update(status="skipped", detail=f"cut at the time budget of {plan.budget:g} s")
         result["repeat"] = r
         samples.append(result)
         if progress:

@@ -439,13 +439,20 @@ class Model:
         self.in_main: set[int] = set()
         self._memo: dict[int, Obj | None] = {}
         self._parent_map: dict[int, ast.AST] | None = None
-        self.cache: dict[str, object] = {}  # facts the rules compute once per file
+        self.cache: dict[object, object] = {}  # facts the rules compute once per file
         builder = _Builder(self)
         for stmt in tree.body:
             builder.visit(stmt)
         for s in self.scopes():
             s.calls.sort(key=pos)
-        self.file_method = self._file_start_method()
+        self._file_method: str | None | bool = False  # computed on first use
+
+    @property
+    def file_method(self) -> str | None:
+        """The start method this file sets with ``set_start_method`` (None: not set, "?": unknown)."""
+        if self._file_method is False:
+            self._file_method = self._file_start_method()
+        return self._file_method
 
     @classmethod
     def from_source(cls, source: str, path: str = "<string>") -> Model:
@@ -672,7 +679,7 @@ class Model:
             if base_kind is not None:
                 return Obj(base_kind, node=call)
             return Obj("instance", node=fobj.node)
-        if fobj.kind == "function" and has_yield(fobj.node):
+        if fobj.kind == "function" and self.is_generator(fobj.node):
             return Obj("generator", node=call)
         return None
 
@@ -735,6 +742,10 @@ class Model:
         methods = set()
         for s in self.scopes():
             for call in s.calls:
+                f = call.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+                if name != "set_start_method":
+                    continue  # cheap filter: most calls are not this one
                 obj = self.classify_call(call, s)
                 if obj is None or obj.kind != "set_start_method":
                     continue
@@ -746,6 +757,15 @@ class Model:
         if not methods:
             return None
         return methods.pop() if len(methods) == 1 else "?"
+
+    def is_generator(self, fn: ast.AST) -> bool:
+        """Whether a local function is a generator function (cached: big files call helpers a lot)."""
+        key = ("gen", id(fn))
+        if key not in self.cache:
+            scope = self.scope_of_def.get(id(fn))
+            nodes = scope.nodes if scope is not None else list(walk_scope(fn.body))
+            self.cache[key] = any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in nodes)
+        return self.cache[key]
 
     def forks(self, obj: Obj) -> bool:
         """Whether this stdlib object starts its children with fork (explicitly, or as the platform
