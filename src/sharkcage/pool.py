@@ -79,6 +79,7 @@ class Pool:
         finalizer: Callable | None = None,
         allow_unsafe_fork: bool = False,
         warn_after: float | None = None,
+        label_output: bool = False,
     ):
         self._state = _RUN
         self._progress = progress
@@ -88,6 +89,7 @@ class Pool:
             maxtasksperchild=maxtasksperchild, context=context, start_method=start_method,
             task_timeout=task_timeout, max_memory_per_worker=max_memory_per_worker,
             retries=retries, allow_unsafe_fork=allow_unsafe_fork, address=address, warn_after=warn_after,
+            label_output=label_output,
         )
         self._processes = self._backend.config.processes
         self._actors: "weakref.WeakSet" = weakref.WeakSet()

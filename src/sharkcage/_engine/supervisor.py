@@ -50,6 +50,7 @@ from typing import Any, Callable
 from sharkcage._engine import replies, serialize, start
 from sharkcage._engine.channel import ChannelClosed, ParentEnd, encode
 from sharkcage._engine.jobs import CallbackRunner, Job
+from sharkcage._engine.output import LineWriter, OutputPipe
 from sharkcage._engine.recorder import Recorder, batch_label
 from sharkcage._engine.worker import (
     SLOT_BATCH,
@@ -115,7 +116,7 @@ class _Worker:
 
     __slots__ = (
         "slot_id", "process", "pid", "end", "sentinel", "slot", "slot_view", "assigned", "fns",
-        "state", "eof_deadline", "kill_reason", "started", "ever_ran", "tasks_done", "last_done",
+        "state", "eof_deadline", "kill_reason", "started", "ever_ran", "tasks_done", "last_done", "streams",
     )
 
     def __init__(self, slot_id: int):
@@ -128,6 +129,7 @@ class _Worker:
         self.ever_ran = False
         self.tasks_done = 0
         self.last_done = 0.0
+        self.streams = []
 
 
 class PoolConfig:
@@ -152,6 +154,7 @@ class PoolConfig:
         max_init_failures=_INIT_FAILURES,
         on_restart=None,
         warn_after=None,
+        label_output=False,
     ):
         self.processes = processes
         self.context = context
@@ -172,6 +175,7 @@ class PoolConfig:
         self.max_init_failures = max_init_failures
         self.on_restart = on_restart
         self.warn_after = warn_after
+        self.label_output = label_output
 
 
 def _parent_log_level() -> int:
@@ -226,6 +230,7 @@ class Supervisor:
         self._warned: set = set()  # (pid, batch id, item) already reported by warn_after
         self._stack_reads: list = []  # (when, worker, label, seconds): warn_after reads pending
         self.callbacks = CallbackRunner(f"sharkcage-callbacks-{config.name}")
+        self._line_writer = LineWriter(f"sharkcage-output-{config.name}") if config.label_output else None
         self._worker_config = dict(
             initializer=init,
             initargs=initargs,
@@ -380,6 +385,8 @@ class Supervisor:
                     self._flush(w)
             elif tag == "sentinel":
                 self._reap(w)
+            elif tag == "output":
+                self._forward_output(*w)
         self._take_commands()
         self._check_deadlines()
         if self.state in ("running", "closing") and self.broken is None:
@@ -541,9 +548,15 @@ class Supervisor:
         wcfg = dict(self._worker_config, worker_id=slot_id, stack_file=self._stack_path(slot_id))
         from sharkcage._engine import worker as worker_mod
 
+        streams = None
+        child_streams = None
+        if cfg.label_output:
+            pairs = [socket.socketpair(), socket.socketpair()]
+            child_streams = (pairs[0][1], pairs[1][1])
+            streams = [OutputPipe(pairs[k][0], k + 1, f"[worker {slot_id}] ") for k in (0, 1)]
         proc = cfg.context.Process(
             target=worker_mod.main,
-            args=(child_sock, w.slot, pickle.dumps(wcfg, 5)),
+            args=(child_sock, w.slot, pickle.dumps(wcfg, 5), child_streams),
             name=f"sharkcage-{cfg.name}-worker-{slot_id}",
             daemon=True,
         )
@@ -551,11 +564,17 @@ class Supervisor:
             proc.start()
         except BaseException as e:  # noqa: BLE001
             parent_sock.close()
-            child_sock.close()
+            for pipe in streams or ():
+                pipe.close()
             self._start_failed(f"could not start a worker process: {e!r}")
             return
         finally:
             child_sock.close()
+            for sock in child_streams or ():
+                sock.close()
+        w.streams = streams or []
+        for pipe in w.streams:
+            self.selector.register(pipe.fd, selectors.EVENT_READ, ("output", (w, pipe)))
         w.process = proc
         w.pid = proc.pid
         self.recorder.worker_started(slot_id, proc.pid, replacement=slot_id in self._slots_used)
@@ -566,6 +585,21 @@ class Supervisor:
         self.workers[slot_id] = w
         self.selector.register(w.end.fd, selectors.EVENT_READ, ("chan", w))
         self.selector.register(w.sentinel, selectors.EVENT_READ, ("sentinel", w))
+
+    def _forward_output(self, w: _Worker, pipe: OutputPipe) -> None:
+        lines, eof = pipe.read_lines()
+        for line in lines:
+            self._line_writer.put(pipe.stream, pipe.label, line)
+        if eof:
+            self._close_stream(w, pipe)
+
+    def _close_stream(self, w: _Worker, pipe: OutputPipe) -> None:
+        try:
+            self.selector.unregister(pipe.fd)
+        except (KeyError, ValueError):
+            pass
+        pipe.close()
+        w.streams.remove(pipe)
 
     def _want_write(self, w: _Worker) -> None:
         if w.state == "dead" or w.eof_deadline is not None:
@@ -907,6 +941,10 @@ class Supervisor:
                 pass
         running = self._running_item(w)
         w.end.close()
+        for pipe in list(w.streams):  # what it printed before dying still counts
+            self._forward_output(w, pipe)
+            if pipe in w.streams:
+                self._close_stream(w, pipe)
         try:
             w.process.close()
         except ValueError:
@@ -1059,6 +1097,8 @@ class Supervisor:
                 w.end.close()
             except Exception:
                 pass
+            for pipe in list(w.streams):
+                pipe.close()
         self.workers.clear()
         try:
             self.selector.close()
@@ -1070,6 +1110,8 @@ class Supervisor:
             except OSError:
                 pass
         shutil.rmtree(self._stack_dir, ignore_errors=True)
+        if self._line_writer is not None:
+            self._line_writer.stop()
         self.callbacks.stop()
         self.done.set()
 

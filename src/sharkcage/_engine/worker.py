@@ -232,10 +232,14 @@ def _rss_bytes() -> int:
         return psutil.Process().memory_info().rss
 
 
-def main(sock: socket.socket, slot, config: bytes) -> None:
+def main(sock: socket.socket, slot, config: bytes, streams=None) -> None:
     """Entry point of a worker process (the target of multiprocessing.Process)."""
     global _state, _info
     _set_pdeathsig()
+    if streams is not None:  # label_output=True: stdout/stderr go to the supervisor
+        from sharkcage._engine.output import redirect_worker_streams
+
+        redirect_worker_streams(*streams)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     # Let a task create a pool of its own (nested pools): multiprocessing
     # refuses children of daemonic processes.
