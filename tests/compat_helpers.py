@@ -145,3 +145,25 @@ def reverse_delay(x):
     """Low items sleep longest: completion order is roughly the reverse of input order."""
     time.sleep(max(0.0, 0.3 - 0.06 * x))
     return x
+
+
+# -- the soak test's task (tests/test_scale.py) -----------------------------------
+
+def soak_task(spec):
+    """``spec`` = (task_id, kind, delay): act out one outcome of the soak test."""
+    task_id, kind, delay = spec
+    if delay:
+        time.sleep(delay)
+    if kind == "ok":
+        return (task_id, "ok")
+    if kind == "raise":
+        raise ValueError(f"soak task {task_id} raised")
+    if kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(10)
+    if kind == "unpicklable":
+        return (task_id, threading.Lock())
+    if kind == "timeout":
+        time.sleep(30)
+        return (task_id, "late")
+    raise AssertionError(kind)
