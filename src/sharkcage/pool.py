@@ -30,6 +30,21 @@ def _fn_name(func) -> str:
     return serialize.callable_name(func)
 
 
+_names: dict = {}
+
+
+def _apply_name(func) -> str:
+    # Cached: a task's name is built per call on the hot path of apply_async.
+    key = id(func)
+    hit = _names.get(key)
+    if hit is not None and hit[0] is func:
+        return hit[1]
+    name = f"apply({_fn_name(func)})"
+    if len(_names) < 4096:
+        _names[key] = (func, name)
+    return name
+
+
 def _per_call(func) -> bool:
     """Plain functions are cached per pool; other callables per call (their
     state may change between calls)."""
@@ -132,7 +147,7 @@ class Pool:
         """
         self._check_running()
         fn_id = self._fn(func)
-        job = AsyncResult(self._backend, f"apply({_fn_name(func)})", callback, error_callback)
+        job = AsyncResult(self._backend, _apply_name(func), callback, error_callback)
         batch = batching.single(job, fn_id, CALL, (tuple(args), dict(kwds or {})))
         self._backend.submit([batch])
         return job

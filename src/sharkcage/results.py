@@ -20,6 +20,7 @@ import concurrent.futures
 import multiprocessing
 import threading
 import time
+from _thread import allocate_lock as _allocate_lock
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED
 
 from sharkcage._engine.jobs import Job
@@ -28,7 +29,39 @@ from sharkcage.errors import SharkcageError
 _SLICE = 0.25  # seconds between checks that the pool is still there
 
 
-def wait_for(event: threading.Event, timeout: float | None, backend) -> bool:
+class Flag:
+    """A one-shot ``threading.Event`` for one result, without its Condition.
+
+    An Event costs a Condition and a few Python calls to create; a result
+    object is made per task, so this is one C lock held until :meth:`set`.
+    Only the engine side sets it (once, under the result's own lock).
+    """
+
+    __slots__ = ("_lock", "_set")
+
+    def __init__(self):
+        self._lock = _allocate_lock()
+        self._lock.acquire()
+        self._set = False
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            self._lock.release()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._set:
+            return True
+        if self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
+            self._lock.release()
+            return True
+        return self._set
+
+
+def wait_for(event, timeout: float | None, backend) -> bool:
     """Wait for ``event``; False on timeout; SharkcageError if the pool is gone."""
     deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
     try:
@@ -91,7 +124,7 @@ class AsyncResult(Job):
     def __init__(self, backend, name: str, callback=None, error_callback=None, kind: str = "apply"):
         super().__init__(name, kind)
         self._backend = backend
-        self._event = threading.Event()
+        self._event = Flag()
         self._ok = None
         self._value = None
         self._callback = callback

@@ -412,8 +412,12 @@ class _Unloadable:
 def _caller(fn, kind: int):
     """A one-argument function that applies ``fn`` to an item of this kind."""
     if inspect.iscoroutinefunction(fn):
-        inner = _caller(fn, kind)
+        inner = _plain_caller(fn, kind)
         return lambda item: _run_coroutine(inner(item))
+    return _plain_caller(fn, kind)
+
+
+def _plain_caller(fn, kind: int):
     if kind == MAP:
         return fn
     if kind == STARMAP:
@@ -441,7 +445,11 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, tim
             items = serialize.loads(payload)
         except BaseException as e:  # noqa: BLE001 - SystemExit in __setstate__ included
             return ("bad_chunk", batch_id, serialize.describe_exception(e))
-    call = _caller(fn, kind)
+    try:
+        call = _caller(fn, kind)
+    except BaseException as e:  # noqa: BLE001 - a broken callable fails its tasks, not the worker
+        err = serialize.pack_exception(e)
+        return ("mixed", batch_id, [(RAISED, err)] * len(items))
     monotonic = time.monotonic
     results: list = []
     append = results.append
