@@ -371,7 +371,10 @@ def _serve(chan: WorkerEnd, send, slot, cfg) -> str:
             reply = ("fn_failed", batch_id, serialize.pack_exception(e))
         else:
             began = monotonic()
-            reply = run_batch(batch_id, fn, kind, payload, split, slot, timed)
+            try:
+                reply = run_batch(batch_id, fn, kind, payload, split, slot, timed)
+            except BaseException as e:  # noqa: BLE001 - a bug of ours fails the batch, not the worker
+                reply = ("fn_failed", batch_id, serialize.pack_exception(e))
             # the measured run time rides along: adaptive chunk sizes need it
             reply = reply + (monotonic() - began,)
         slot.q[SLOT_BATCH] = -1
