@@ -21,6 +21,7 @@ import os
 import threading
 import time
 
+import psutil
 import pytest
 
 import compat_helpers as h
@@ -562,12 +563,14 @@ def test_failing_initializer_gives_worker_init_error(tmp_path):
             r2.get(GET)
         with pytest.raises(WorkerInitError):
             pool.map(h.square, range(3))
-        # no endless respawn loop: the count of initializer runs settles
+        # no endless respawn loop: the count of initializer runs settles (a
+        # worker already starting when the pool gave up may still run it once)
+        time.sleep(1.0)
         starts = len(log.read_text().split())
         time.sleep(1.0)
         later = len(log.read_text().split())
         assert later == starts, f"workers keep being started: {starts} -> {later}"
-        assert starts <= 3 + 2, f"{starts} initializer runs for 3 failures in a row"
+        assert 3 <= starts <= 3 + 2, f"{starts} initializer runs for 3 failures in a row"
     finally:
         pool.terminate()
         pool.join()
@@ -779,11 +782,17 @@ def test_crash_fails_only_its_own_pool_task(pool):
 # cancel
 
 
-def test_async_result_cancel_pending_does_not_kill_running(tmp_path):
+@pytest.mark.parametrize("same_fn", [False, True], ids=["other_fn", "same_fn"])
+def test_async_result_cancel_pending_does_not_kill_running(tmp_path, same_fn):
+    """Pending includes handed to the worker but not started (same_fn: possibly
+    in the very batch of the running task)."""
     marker = tmp_path / "started"
     with Pool(1) as pool:
         running = pool.apply_async(h.mark_and_sleep, (str(marker), 0.6, "first"))
-        pending = pool.apply_async(h.square, (5,))
+        if same_fn:
+            pending = pool.apply_async(h.mark_and_sleep, (str(tmp_path / "second"), 0, "second"))
+        else:
+            pending = pool.apply_async(h.square, (5,))
         queued = [pool.apply_async(h.slow_square, (i, 0.0)) for i in range(3)]
         pid = int(wait_for_file(str(marker)))
         assert pending.cancel() is True
@@ -816,11 +825,15 @@ def test_async_result_cancel_running(tmp_path):
         assert pool.map(h.square, range(4)) == [0, 1, 4, 9]
 
 
-def test_executor_cancel_pending_and_running(tmp_path):
+@pytest.mark.parametrize("same_fn", [False, True], ids=["other_fn", "same_fn"])
+def test_executor_cancel_pending_and_running(tmp_path, same_fn):
     marker = tmp_path / "started"
     with ProcessPoolExecutor(1) as ex:
         running = ex.submit(h.mark_and_sleep, str(marker), 60)
-        pending = ex.submit(h.square, 5)
+        if same_fn:
+            pending = ex.submit(h.mark_and_sleep, str(tmp_path / "second"), 0, "second")
+        else:
+            pending = ex.submit(h.square, 5)
         later = [ex.submit(h.square, i) for i in range(3)]
         pid = int(wait_for_file(str(marker)))
         assert running.cancel() is False, "Future.cancel() keeps the stdlib meaning: pending only"
@@ -828,7 +841,9 @@ def test_executor_cancel_pending_and_running(tmp_path):
         assert pending.cancelled()
         with pytest.raises(concurrent.futures.CancelledError):
             pending.result(GET)
+        time.sleep(0.3)  # a wrongful kill would have settled the running future by now
         assert running.running() and not running.done(), "cancelling a pending task killed the running one"
+        assert psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
         assert ex.cancel(running) is True
         assert running.cancelled()
         with pytest.raises(concurrent.futures.CancelledError):
