@@ -122,6 +122,7 @@ class ActorProxy:
         job = FutureJob(future, f"{self._cls_name}.{name}()")
         job.kind = "actor"
         future._sharkcage_job = job
+        future._sharkcage_backend = self._backend
         batch = batching.single(job, self._fn_id, CALL, ((name, args, kwargs), {}))
         self._backend.submit([batch])
         return future

@@ -94,6 +94,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         future: concurrent.futures.Future = AwaitableFuture()
         job = FutureJob(future, f"submit({serialize.callable_name(fn)})")
         future._sharkcage_job = job  # for cancel(); Future has a __dict__
+        future._sharkcage_backend = self._backend
         batch = batching.single(job, fn_id, CALL, (args, kwargs))
         self._backend.submit([batch])
         self._futures.add(future)
@@ -146,12 +147,12 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         job = getattr(future, "_sharkcage_job", None)
         if job is None:
             raise ValueError("this future was not created by this executor")
-        if future.cancel():
+        if future.cancel():  # not started: dropped, or skipped by its worker
             return True
         job.cancel_requested = True
         if not force_cancel(future):
-            return False
-        self._backend.cancel(job)
+            return False  # already finished
+        self._backend.cancel(job)  # running: kill and replace its worker
         return True
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import logging
 import multiprocessing
 import threading
 import time
@@ -27,6 +28,7 @@ from sharkcage._engine.jobs import Job
 from sharkcage.errors import SharkcageError
 
 _SLICE = 0.25  # seconds between checks that the pool is still there
+_log = logging.getLogger("sharkcage")
 
 
 class Flag:
@@ -500,15 +502,46 @@ class AwaitableFuture(concurrent.futures.Future):
 
         return asyncio.wrap_future(self).__await__()
 
+    def cancel(self) -> bool:
+        """``Future.cancel()``, stdlib meaning: only a task that has not
+        started can be cancelled — including one already handed to a worker,
+        which then skips it."""
+        job = getattr(self, "_sharkcage_job", None)
+        backend = getattr(self, "_sharkcage_backend", None)
+        if job is not None and backend is not None and backend.has_started(job):
+            return False  # running: the stdlib's Future.cancel() refuses it too
+        if not super().cancel():
+            return False
+        if job is not None and backend is not None:
+            backend.cancel(job, running=False)
+        return True
+
+    def running(self) -> bool:
+        if super().running():
+            return True
+        job = getattr(self, "_sharkcage_job", None)
+        backend = getattr(self, "_sharkcage_backend", None)
+        return bool(job is not None and backend is not None and not self.done() and backend.has_started(job))
+
+    def _invoke_callbacks(self) -> None:
+        # As the stdlib's, but a raising done-callback (sys.exit included)
+        # is logged on the "sharkcage" logger and the others still run.
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except BaseException:  # noqa: BLE001
+                _log.exception("a done-callback of %r raised; the result was still delivered", self)
+
 
 class FutureJob(Job):
     """Feeds one ``concurrent.futures.Future`` (executor ``submit``)."""
 
-    __slots__ = ("future",)
+    __slots__ = ("future", "where")
 
     def __init__(self, future: concurrent.futures.Future, name: str):
         super().__init__(name, kind="submit")
         self.future = future
+        self.where = None  # (worker, batch id, item) once handed to a worker
 
     def is_cancelled(self, index: int) -> bool:
         return self.cancel_requested or self.future.cancelled()
@@ -517,15 +550,10 @@ class FutureJob(Job):
         return self.start(0)
 
     def start(self, index: int) -> bool:
-        fut = self.future
-        if self.cancel_requested:
-            return False
-        if fut.running():  # handed out again after its worker died
-            return True
-        try:
-            return fut.set_running_or_notify_cancel()
-        except RuntimeError:  # finished meanwhile (a forced cancel)
-            return False
+        # The future stays PENDING while it waits in a worker's queue, so
+        # Future.cancel() can still stop it (the worker then skips it); it
+        # goes straight to FINISHED when its outcome arrives.
+        return not (self.cancel_requested or self.future.done())
 
     def deliver(self, index: int, ok: bool, value) -> None:
         fut = self.future

@@ -138,13 +138,13 @@ class Feeder:
                     self._adapt()
                 # Wait until the consumer has made room (bounded in-flight).
                 with self.cond:
-                    while index - job.consumed() >= self.limit:
+                    while index - job.consumed() >= self.limit and not self.backend.closing:
                         if self.stopped or job._feeder_stop or self.backend.done.is_set():
                             break
                         self.cond.wait(0.1)
                 if self.stopped or job._feeder_stop or self.backend.done.is_set():
                     continue  # the top of the loop says how it ends
-                room = self.limit - (index - job.consumed())
+                room = max(self.chunksize, self.limit - (index - job.consumed()))
                 items = []
                 failure = None
                 try:

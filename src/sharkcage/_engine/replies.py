@@ -11,7 +11,7 @@ from __future__ import annotations
 import pickle
 
 from sharkcage._engine import serialize
-from sharkcage._engine.worker import BAD_ARGUMENT, OK, RAISED
+from sharkcage._engine.worker import BAD_ARGUMENT, OK, RAISED, SKIPPED
 from sharkcage.errors import SerializationError
 
 
@@ -62,6 +62,10 @@ def settle(tag: str, data, targets: list, deliver) -> None:
 
 
 def _decode_item(what: str, status: int, payload):
+    if status == SKIPPED:  # cancelled before it started: the job already says so
+        import concurrent.futures
+
+        return False, concurrent.futures.CancelledError(f"{what} was cancelled")
     if status == OK:
         try:
             return True, serialize.loads(payload)

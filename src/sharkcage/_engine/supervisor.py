@@ -72,7 +72,7 @@ _MAX_FN_PER_WORKER = 128  # callables a worker keeps before the oldest is forgot
 _EOF_GRACE = 2.0  # seconds a worker may linger after closing its channel
 _TERM_GRACE = 0.3  # seconds between SIGTERM and SIGKILL on terminate()
 _INIT_FAILURES = 3  # start failures in a row that break the pool (WorkerInitError)
-_SIMPLE = (int, float, str, bytes, bool, type(None), complex)
+_TRACKED_KINDS = ("submit", "actor")  # jobs whose start is asked for by Future.cancel/running
 
 
 class Batch:
@@ -340,6 +340,27 @@ class Supervisor:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
+    def has_started(self, job: Job) -> bool:
+        """Whether a single-task job (a future) has started running in a
+        worker, read from that worker's slot (any thread may ask)."""
+        where = getattr(job, "where", None)
+        if where is None:
+            return False
+        w, batch_id, k = where
+        if batch_id not in self.inflight or w.state == "dead":
+            return False  # not handed over (or back in the queue after a crash)
+        running = self._running_item(w)
+        if running is None:
+            return False
+        return running[0] > batch_id or (running[0] == batch_id and running[1] >= k)
+
+    @property
+    def closing(self) -> bool:
+        """close() was called: feeders of earlier calls feed the rest of their
+        input without the in-flight bound (as the stdlib's imap does), so a
+        join() waiting on them cannot wait on a consumer that is not there."""
+        return self.state == "closing"
+
     def pending_count(self) -> int:
         return len(self.pending)
 
@@ -499,6 +520,11 @@ class Supervisor:
                         continue
                 if all(j is job for j, _ in b.targets):
                     w.end.queue(encode(("cancel", b.id)))
+                    self._want_write(w)
+                elif b.split:
+                    # a coalesced batch: skip this job's items that have not started
+                    mine = [k for k, (j, _) in enumerate(b.targets) if j is job]
+                    w.end.queue(encode(("cancel_items", b.id, mine)))
                     self._want_write(w)
 
     def _without(self, b: Batch, job: Job) -> Batch | None:
@@ -808,6 +834,10 @@ class Supervisor:
         else:
             w.fns.move_to_end(batch.fn_id)
         w.end.queue(encode(("run", batch.id, batch.fn_id, batch.kind, batch.payload, batch.split)))
+        if batch.split:
+            for k, (job, _) in enumerate(batch.targets):
+                if job.kind in _TRACKED_KINDS:
+                    job.where = (w, batch.id, k)  # for has_started(): futures stay PENDING until then
         w.assigned.append(batch)
         batch.sent_at = time.monotonic()
         self.inflight[batch.id] = (w, batch)
@@ -988,16 +1018,18 @@ class Supervisor:
         if crashed and not self.config.restart_crashed and self.state in ("running", "closing") and self.broken is None:
             self._break(WorkerCrashedError(w.pid, exitcode, task="an earlier call", cause=_oom_hint(exitcode),
                                            replaced=False))
-        if self.state in ("running", "closing") and self.broken is None and previous_state != "exiting":
-            if self.workers.get(w.slot_id) is w:
+        if self.workers.get(w.slot_id) is w:
+            # Gone from the table first: a replacement that is refused (a
+            # broken pool, an unsafe fork) must not leave a dead record that
+            # keeps the pool from finishing.
+            del self.workers[w.slot_id]
+            if self.state in ("running", "closing") and self.broken is None and previous_state != "exiting":
                 if crashed and self.config.on_restart is not None:
                     try:
                         self.config.on_restart(w.pid, exitcode)
                     except Exception:
                         log.exception("on_restart hook failed")
                 self._start_worker(w.slot_id)
-        elif self.workers.get(w.slot_id) is w:
-            del self.workers[w.slot_id]
 
     def _settle_culprit(self, w: _Worker, batch: Batch, item: int, exitcode, started) -> None:
         job, index = batch.targets[item]

@@ -8,6 +8,9 @@ Messages from the parent (tuples; see supervisor.py for the other side)::
                                 run a batch: payload is one pickle of the
                                 item list, or (split) a list of per-item pickles
     ("cancel", batch_id)        skip that batch if it has not started
+    ("cancel_items", batch_id, [index, ...])
+                                skip those items of a (split) batch if they
+                                have not started (cancelled futures)
     ("exit",)                   run the finalizer and leave
 
 Messages to the parent::
@@ -51,7 +54,7 @@ from sharkcage._engine import serialize
 from sharkcage._engine.channel import ChannelClosed, WorkerEnd
 
 # item status codes in a "mixed" reply
-OK, RAISED, BAD_ARGUMENT, BAD_RESULT = 0, 1, 2, 3
+OK, RAISED, BAD_ARGUMENT, BAD_RESULT, SKIPPED = 0, 1, 2, 3, 4
 # batch kinds: how an item is applied to the function
 CALL, MAP, STARMAP = 0, 1, 2
 # slot fields: int64 batch id, int64 item index, float64 start time, int64 items done
@@ -325,6 +328,8 @@ def _serve(chan: WorkerEnd, send, slot, cfg) -> str:
     functions: dict[int, object] = {}
     queue: deque = deque()
     cancelled: set[int] = set()
+    cancelled_items: dict[int, set[int]] = {}
+    stopping = []  # an "exit" read while draining control messages mid-batch
     batches_done = 0
     max_batches = cfg["maxtasksperchild"]
     max_memory = cfg["max_memory"]
@@ -342,11 +347,24 @@ def _serve(chan: WorkerEnd, send, slot, cfg) -> str:
             functions.pop(msg[1], None)
         elif tag == "cancel":
             cancelled.add(msg[1])
+        elif tag == "cancel_items":
+            cancelled_items.setdefault(msg[1], set()).update(msg[2])
         elif tag == "exit":
+            stopping.append(True)
             return False
         return True
 
+    def skip(batch_id: int, index: int) -> bool:
+        """Between the items of a split batch: read control messages, then
+        say whether this item was cancelled before it started."""
+        while chan.has_buffered() or select.select([sock], [], [], 0)[0]:
+            handle(chan.recv())
+        items = cancelled_items.get(batch_id)
+        return items is not None and index in items
+
     while True:
+        if stopping:
+            return "exit"
         # Block for work when idle; otherwise only drain what already arrived
         # (cancel requests, more work) before starting the next batch.
         if not queue:
@@ -372,7 +390,8 @@ def _serve(chan: WorkerEnd, send, slot, cfg) -> str:
         else:
             began = monotonic()
             try:
-                reply = run_batch(batch_id, fn, kind, payload, split, slot, timed)
+                reply = run_batch(batch_id, fn, kind, payload, split, slot, timed, skip if split else None)
+                cancelled_items.pop(batch_id, None)
             except BaseException as e:  # noqa: BLE001 - a bug of ours fails the batch, not the worker
                 reply = ("fn_failed", batch_id, serialize.pack_exception(e))
             # the measured run time rides along: adaptive chunk sizes need it
@@ -428,7 +447,7 @@ def _plain_caller(fn, kind: int):
     return lambda item: fn(*item[0], **item[1])
 
 
-def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, timed: bool = True):
+def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, timed: bool = True, skip=None):
     """Run every item of a batch; the reply tuple for the parent.
 
     Shared by the local worker and the remote backends (Dask, Ray), so every
@@ -466,6 +485,13 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, tim
                 if timed:
                     d[SLOT_START] = monotonic()
                 q[SLOT_ITEM] = i
+                if skip is not None and skip(batch_id, i):
+                    if outcomes is None:
+                        outcomes = [(OK, r) for r in results]
+                    outcomes.append((SKIPPED, b""))
+                    append(None)
+                    i += 1
+                    continue
                 if split:
                     try:
                         item = serialize.loads(raw_items[i])
