@@ -226,7 +226,7 @@ def run_pool_cell(pool: Pool, side: str, kind: str) -> None:
         check_outcome(raised(lambda: mr.get(GET)), side, kind, BAD)
 
     # imap: the failed item raises at its position, every other is delivered
-    it = pool.imap(ch.task, items, chunksize=CHUNK)
+    it = pool.imap(ch.task, iter(items), chunksize=CHUNK)  # lazy input
     for i in range(N_ITEMS):
         if i == BAD:
             check_outcome(raised(lambda: it.next(GET)), side, kind, BAD)  # named "item 4 of imap(...)"
@@ -276,7 +276,7 @@ def run_executor_cell(ex: ProcessPoolExecutor, side: str, kind: str) -> None:
     got = []
     exc = None
     try:
-        for value in ex.map(ch.task, items, timeout=GET, chunksize=CHUNK):
+        for value in ex.map(ch.task, iter(items), timeout=GET, chunksize=CHUNK):
             got.append(value)
     except KeyboardInterrupt:
         raise
