@@ -58,10 +58,10 @@ def _consume(it, source, n, chunksize, ordered=True):
         got.append(_next(it))
         assert source.pulled - (k + 1) <= b, f"pulled {source.pulled} after consuming {k + 1} (bound {b})"
     # the consumer pauses: the feeder must stop pulling
-    time.sleep(0.4)
+    time.sleep(0.3)
     settled = source.pulled
     assert settled - n <= b, f"pulled {settled} while the consumer sat at {n} (bound {b})"
-    time.sleep(0.4)
+    time.sleep(0.3)
     assert source.pulled == settled, f"the input kept being pulled ({settled} -> {source.pulled}) with no consumer"
     if ordered:
         assert got == [x * x for x in range(n)]
@@ -96,7 +96,7 @@ def test_executor_map_infinite_generator(chunksize):
         results.close()  # leaving early stops the feeding
         time.sleep(0.3)
         pulled = source.pulled
-        time.sleep(0.4)
+        time.sleep(0.3)
         assert source.pulled == pulled
 
 
@@ -105,10 +105,10 @@ def test_consumer_that_never_reads_bounds_the_input_pulled(chunksize):
     source = Source()
     with Pool(PROCESSES) as pool:
         it = pool.imap(helpers.square, iter(source), chunksize)
-        time.sleep(0.6)
+        time.sleep(0.4)
         settled = source.pulled
         assert settled <= (bound(chunksize) if chunksize else DEFAULT_CAP), settled
-        time.sleep(0.4)
+        time.sleep(0.3)
         assert source.pulled == settled
         assert it.next(15) == 0
 
@@ -127,7 +127,7 @@ def test_abandoned_infinite_imap_does_not_hang_terminate():
     time.sleep(0.3)
     pulled = source.pulled
     assert pulled <= 5 + bound(1)
-    time.sleep(0.4)
+    time.sleep(0.3)
     assert source.pulled == pulled, "the feeder kept pulling after terminate()"
 
 
