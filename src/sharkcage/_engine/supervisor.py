@@ -1069,6 +1069,11 @@ class Supervisor:
         pending, self.pending = self.pending, collections.deque()
         for b in pending:
             self._fail_batch(b, exc)
+        # Nothing can run any more: workers still starting (or idle) would
+        # only run a failing initializer again. Running tasks finish first.
+        for w in list(self.workers.values()):
+            if w.state != "dead" and not w.assigned:
+                self._kill(w)
 
     def _maybe_retire_idle(self) -> None:
         """When closing and all work is done, ask the workers to leave in order."""
