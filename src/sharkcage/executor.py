@@ -61,6 +61,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         allow_unsafe_fork: bool = False,
         warn_after: float | None = None,
         label_output: bool = False,
+        record: bool = True,
     ):
         if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers <= 0):
             raise ValueError("max_workers must be greater than 0")
@@ -72,7 +73,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             maxtasksperchild=max_tasks_per_child, context=mp_context, start_method=start_method,
             task_timeout=task_timeout, max_memory_per_worker=max_memory_per_worker,
             retries=retries, allow_unsafe_fork=allow_unsafe_fork, address=address, warn_after=warn_after,
-            label_output=label_output,
+            label_output=label_output, record=record,
         )
         self._progress = progress
         self._max_workers = self._backend.config.processes

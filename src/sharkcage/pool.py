@@ -69,6 +69,15 @@ class Pool:
       recycled (after its current task).
     * ``retries`` — fresh attempts for a task whose worker crashed.
     * ``finalizer`` — ``finalizer(state)`` runs on orderly worker exit.
+    * ``progress`` — a progress bar on every map-like call (``True``; or
+      ``"auto"``: only when stderr is a terminal or a notebook).
+    * ``warn_after`` — log the stack of any task running longer (seconds).
+    * ``label_output`` — worker stdout/stderr reach this process's streams
+      line by line, prefixed ``[worker N]``.
+    * ``record`` — keep the timeline and per-worker stats (default True;
+      ``False`` keeps only pool-wide counts).
+    * ``backend``/``address`` — run on a cluster engine instead of local
+      processes (see docs/backends.md).
 
     >>> from sharkcage import Pool
     >>> with Pool(2, task_timeout=60) as pool:
@@ -95,6 +104,7 @@ class Pool:
         allow_unsafe_fork: bool = False,
         warn_after: float | None = None,
         label_output: bool = False,
+        record: bool = True,
     ):
         self._state = _RUN
         self._progress = progress
@@ -104,7 +114,7 @@ class Pool:
             maxtasksperchild=maxtasksperchild, context=context, start_method=start_method,
             task_timeout=task_timeout, max_memory_per_worker=max_memory_per_worker,
             retries=retries, allow_unsafe_fork=allow_unsafe_fork, address=address, warn_after=warn_after,
-            label_output=label_output,
+            label_output=label_output, record=record,
         )
         self._processes = self._backend.config.processes
         self._actors: "weakref.WeakSet" = weakref.WeakSet()

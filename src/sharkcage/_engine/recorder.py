@@ -37,7 +37,10 @@ class _Slot:
 class Recorder:
     """Counters and timeline events of one pool."""
 
-    def __init__(self):
+    def __init__(self, enabled: bool = True):
+        # enabled=False (Pool(record=False)) keeps only the pool-wide counts:
+        # no timeline events, per-worker times or RSS samples.
+        self.enabled = enabled
         self.t0 = time.monotonic()
         self._lock = threading.Lock()
         self._slots: dict[int, _Slot] = {}
@@ -77,7 +80,12 @@ class Recorder:
                 s.crashes += 1
                 self.crashes += 1
 
-    def batch_done(self, slot_id: int, pid: int, label: str, n: int, failed: int, elapsed: float, now: float) -> None:
+    def batch_done(self, slot_id: int, pid: int, batch, n: int, failed: int, elapsed: float, now: float) -> None:
+        if not self.enabled:
+            self.done += n - failed
+            self.failed += failed
+            return
+        label = batch_label(batch)
         with self._lock:
             s = self._slot(slot_id)
             s.tasks += n
@@ -95,6 +103,8 @@ class Recorder:
         now = time.monotonic()
         with self._lock:
             self.failed += 1
+            if not self.enabled:
+                return
             begin = (start if start is not None else now) - self.t0
             self._events.append((slot_id, pid, label, begin, now - self.t0, outcome, detail))
 
@@ -136,6 +146,8 @@ class Recorder:
             )
 
     def events(self) -> list[dict]:
+        if not self.enabled:
+            raise ValueError("this pool records no timeline: it was created with record=False")
         with self._lock:
             rows = list(self._events)
         return [

@@ -51,7 +51,7 @@ from sharkcage._engine import replies, serialize, start
 from sharkcage._engine.channel import ChannelClosed, ParentEnd, encode
 from sharkcage._engine.jobs import CallbackRunner, Job
 from sharkcage._engine.output import LineWriter, OutputPipe
-from sharkcage._engine.recorder import Recorder, batch_label
+from sharkcage._engine.recorder import Recorder
 from sharkcage._engine.worker import (
     SLOT_BATCH,
     SLOT_ITEM,
@@ -155,6 +155,7 @@ class PoolConfig:
         on_restart=None,
         warn_after=None,
         label_output=False,
+        record=True,
     ):
         self.processes = processes
         self.context = context
@@ -176,6 +177,7 @@ class PoolConfig:
         self.on_restart = on_restart
         self.warn_after = warn_after
         self.label_output = label_output
+        self.record = record
 
 
 def _parent_log_level() -> int:
@@ -224,7 +226,7 @@ class Supervisor:
         self._last_init_error = ""
         self._avg_task = 0.0  # EWMA of item run time, seconds (dispatch depth, adaptive chunks)
         self._task_samples = 0
-        self.recorder = Recorder()
+        self.recorder = Recorder(config.record)
         self._stack_dir = tempfile.mkdtemp(prefix="sharkcage-stacks-")
         self._slots_used: set[int] = set()
         self._warned: set = set()  # (pid, batch id, item) already reported by warn_after
@@ -692,7 +694,7 @@ class Supervisor:
                     failed = sum(1 for status, _ in msg[2] if status)
                 else:
                     failed = len(batch)
-                self.recorder.batch_done(w.slot_id, w.pid, batch_label(batch), len(batch), failed, elapsed, now)
+                self.recorder.batch_done(w.slot_id, w.pid, batch, len(batch), failed, elapsed, now)
                 replies.settle_batch(tag, msg[2], batch, self._deliver)
         elif tag == "log":
             self._handle_log(msg[1])

@@ -51,6 +51,7 @@ def make_local_backend(
     on_restart=None,
     warn_after=None,
     label_output=False,
+    record=True,
 ) -> Supervisor:
     """Validate everything the user passed, then start the engine."""
     global _counter
@@ -81,7 +82,7 @@ def make_local_backend(
         retries=int(retries), allow_unsafe_fork=bool(allow_unsafe_fork), name=name,
         restart_crashed=restart_crashed, max_init_failures=max_init_failures, on_restart=on_restart,
         warn_after=_positive_number("warn_after", warn_after),
-        label_output=bool(label_output),
+        label_output=bool(label_output), record=bool(record),
     )
     sup = Supervisor(config)
     _live.add(sup)
