@@ -270,9 +270,16 @@ def main(sock: socket.socket, slot, config: bytes, streams=None) -> None:
     slot_view = Slot(slot)
     slot_view.q[SLOT_BATCH] = -1
 
+    # Handlers inherited through fork (the zygote, or start_method="fork") are
+    # copies of the parent's: a worker must not write to the parent's log
+    # files itself (seed 000's inherited logging config). Every record goes
+    # to the parent instead, whose own handlers — per logger — deal with it.
     root = logging.getLogger()
-    for h in list(root.handlers):
-        root.removeHandler(h)
+    for logger in [root] + [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]:
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+        if logger is not root:
+            logger.propagate = True
     root.addHandler(_ForwardHandler(chan, send_lock))
     root.setLevel(cfg["log_level"])
 
