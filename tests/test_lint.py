@@ -555,6 +555,53 @@ def test_sc007_near_misses():
     assert hits(code, "SC007") == []
 
 
+def test_sc007_follows_the_init_chain_of_local_bases():
+    code = """
+    class OptParseError(Exception):            # optparse: never calls Exception.__init__
+        def __init__(self, msg):
+            self.msg = msg
+
+    class BadOptionError(OptParseError):
+        def __init__(self, opt_str):
+            self.opt_str = opt_str
+
+    class AmbiguousOptionError(BadOptionError):
+        def __init__(self, opt_str, possibilities):
+            BadOptionError.__init__(self, opt_str)      # args keep both values: fine
+
+    class Error(Exception):
+        pass
+
+    class NoOptionError(Error):                  # configparser: restores args in order
+        def __init__(self, option, section):
+            Error.__init__(self, "No option %r in section: %r" % (option, section))
+            self.args = (option, section)
+
+    class URLError(OSError):                     # urllib.error
+        def __init__(self, reason, filename=None):
+            self.args = reason,
+
+    class ContentTooShortError(URLError):
+        def __init__(self, message, content):
+            URLError.__init__(self, message)            # HIT: args == (message,)
+
+    class TestFailed(Error):                     # test.support: *args passed along
+        def __init__(self, msg, *args, stats=None):
+            super().__init__(msg, *args)
+
+    class TestFailedWithDetails(TestFailed):
+        def __init__(self, msg, errors, failures, stats):
+            super().__init__(msg, errors, failures, stats=stats)   # HIT: 3 of 4
+
+    from somewhere import LibError
+
+    class Wrapped(LibError):                     # unknown base: stay quiet
+        def __init__(self, a, b):
+            super().__init__(a)
+    """
+    assert hits(code, "SC007") == marked(code)
+
+
 # --- SC008 global-mutated-in-task --------------------------------------------------------------------
 
 

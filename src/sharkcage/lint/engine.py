@@ -13,8 +13,8 @@ import ast
 import io
 import os
 import re
+import sys
 import tokenize
-import warnings
 from typing import Iterable
 
 from sharkcage.lint.findings import RULES, Finding
@@ -117,7 +117,6 @@ def lint_source(
     """
     select_t, ignore_t = parse_codes(select), parse_codes(ignore)
     lines = text.splitlines()
-    noqa = _noqa_lines(text)
     raw: list[Finding] = []
     try:
         tree = ast.parse(text, filename=filename)
@@ -126,17 +125,25 @@ def lint_source(
     except (ValueError, RecursionError, MemoryError) as exc:
         raw.append(Finding("SC000", f"cannot parse: {exc}", filename, 1, 1))
     else:
-        model = Model(tree, filename, text)
-        for code, check in CHECKS.items():
-            if not _wanted(code, select_t, ignore_t):
-                continue
-            try:
+        # The model walks the tree recursively; generated code (huge nested literals) can be
+        # deeper than the default limit, so allow more, and report what is still too deep.
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(max(limit, 20000))
+        try:
+            model = Model(tree, filename, text)
+            for code, check in CHECKS.items():
+                if not _wanted(code, select_t, ignore_t):
+                    continue
                 for node, message in check(model):
                     line = getattr(node, "lineno", 1)
                     col = _char_col(lines, line, getattr(node, "col_offset", 0))
                     raw.append(Finding(code, message, filename, line, col))
-            except RecursionError:  # pathologically nested code: skip that rule for this file
-                warnings.warn(f"sharkcage lint: {code} skipped {filename}: too deeply nested", RuntimeWarning)
+        except RecursionError:
+            raw = [Finding("SC000", "cannot analyse: the code is nested too deeply", filename, 1, 1)]
+        finally:
+            sys.setrecursionlimit(limit)
+    # tokenizing for comments costs as much as the analysis: only do it when it can matter
+    noqa = _noqa_lines(text) if raw and "noqa" in text.lower() else {}
     findings = []
     seen = set()
     for f in raw:

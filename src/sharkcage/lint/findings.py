@@ -84,7 +84,7 @@ _RULES = [
     Rule(
         "SC000",
         "syntax-error",
-        "a scanned file could not be read or parsed, so none of its sharks were looked for",
+        "a scanned file could not be read, parsed or analysed, so none of its sharks were looked for",
         (),
         "fix the file so that Python can parse it, then lint again",
         "`python -m py_compile FILE` shows the same error",

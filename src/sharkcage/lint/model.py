@@ -438,7 +438,6 @@ class Model:
         self.holder_of: dict[int, Scope] = {}
         self.in_main: set[int] = set()
         self._memo: dict[int, Obj | None] = {}
-        self._parent_map: dict[int, ast.AST] | None = None
         self.cache: dict[object, object] = {}  # facts the rules compute once per file
         builder = _Builder(self)
         for stmt in tree.body:
@@ -532,22 +531,38 @@ class Model:
                     return self.obj_of(prior[-1], owner)
             return self._agree(bs, owner)
         cls = self.enclosing_class(owner)
-        if cls is not None and root == self._self_name(owner) and "." in name:
+        if cls is not None and "." in name and root == self._self_name(owner):
             # self.pool = Pool() in one method, self.pool.map(...) in another
-            attr = "self" + name[len(root):]
-            found = []
-            for method in cls.children:
-                sname = self._self_name(method)
-                if sname is None:
-                    continue
-                found.extend((b, method) for b in method.bindings.get(sname + attr[4:], []))
+            found = self._attribute_bindings(cls).get(name[len(root):], [])
             if found:
                 objs = [self.obj_of(b, s) for b, s in found]
                 if all(o is not None for o in objs) and len(set(objs)) == 1:
                     return objs[0]
         return None
 
+    def _attribute_bindings(self, cls: Scope) -> dict[str, list[tuple[Binding, Scope]]]:
+        """``{".attr": [(binding, method scope)]}`` for every ``self.attr = ...`` in a class (cached)."""
+        key = ("attrs", id(cls))
+        if key not in self.cache:
+            table: dict[str, list[tuple[Binding, Scope]]] = {}
+            for method in cls.children:
+                me = self._self_name(method)
+                if me is None:
+                    continue
+                for name, bs in method.bindings.items():
+                    if name.startswith(me + "."):
+                        table.setdefault(name[len(me):], []).extend((b, method) for b in bs)
+            self.cache[key] = table
+        return self.cache[key]
+
     def _self_name(self, scope: Scope) -> str | None:
+        """The name of a method's first parameter (``self``), or None outside methods."""
+        key = ("self", id(scope))
+        if key not in self.cache:
+            self.cache[key] = self._compute_self_name(scope)
+        return self.cache[key]
+
+    def _compute_self_name(self, scope: Scope) -> str | None:
         node = scope.node
         if self.enclosing_class(scope) is None or not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             return None
@@ -785,9 +800,3 @@ class Model:
         if obj is None and isinstance(call.func, ast.Attribute):
             obj = self.value_of(call.func.value, scope)
         return obj is not None and (obj.kind == "fork" or self.explicit_fork(obj))
-
-    def parents(self) -> dict[int, ast.AST]:
-        """``id(child) -> parent`` for every node of the file (built once)."""
-        if self._parent_map is None:
-            self._parent_map = {id(c): p for p in ast.walk(self.tree) for c in ast.iter_child_nodes(p)}
-        return self._parent_map

@@ -81,7 +81,15 @@ class TaskCall:
     pickled: list[ast.AST] = field(default_factory=list)  # argument values that get pickled
 
 
-def task_calls(m: Model, scope: Scope) -> Iterator[TaskCall]:
+def task_calls(m: Model, scope: Scope) -> list[TaskCall]:
+    """Every task sent to a stdlib or sharkcage pool/executor in this scope (cached per scope)."""
+    key = ("tasks", id(scope))
+    if key not in m.cache:
+        m.cache[key] = list(_task_calls(m, scope))
+    return m.cache[key]
+
+
+def _task_calls(m: Model, scope: Scope) -> Iterator[TaskCall]:
     for call in scope.calls:
         f = call.func
         if not isinstance(f, ast.Attribute):
@@ -134,8 +142,15 @@ def started_processes(m: Model) -> set[int]:
     return m.cache["started"]
 
 
-def process_calls(m: Model, scope: Scope) -> Iterator[ProcessCall]:
+def process_calls(m: Model, scope: Scope) -> list[ProcessCall]:
     """Process creations whose process is started (an unstarted Process pickles nothing)."""
+    key = ("processes", id(scope))
+    if key not in m.cache:
+        m.cache[key] = list(_process_calls(m, scope))
+    return m.cache[key]
+
+
+def _process_calls(m: Model, scope: Scope) -> Iterator[ProcessCall]:
     started = started_processes(m)
     for call in scope.calls:
         obj = m.value_of(call, scope)
@@ -912,9 +927,14 @@ def check_sc009(m: Model) -> Report:
 # --- SC010: pools never closed ----------------------------------------------------------------
 
 
+def _attribute_parents(scope: Scope) -> dict[int, ast.Attribute]:
+    """``id(name) -> attribute`` for every ``name.attr`` evaluated in the scope."""
+    return {id(n.value): n for n in scope.nodes if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+
+
 def check_sc010(m: Model) -> Report:
-    parents = m.parents()
     for scope in m.scopes():
+        parents = None
         if scope.kind == "class":
             continue
         # Pool(...).map(...) directly: nothing can ever close that pool
@@ -938,13 +958,15 @@ def check_sc010(m: Model) -> Report:
                 if not isinstance(b.value, ast.Call) or obj.node is not b.value:
                     continue
                 end = bs[i + 1].pos if i + 1 < len(bs) else _INF
+                if parents is None:
+                    parents = _attribute_parents(scope)
                 uses = [n for n in scope.nodes if isinstance(n, ast.Name) and n.id == name
                         and isinstance(n.ctx, ast.Load) and b.pos <= pos(n) < end]
                 tasks = closed = escaped = False
                 methods = POOL_TASK_METHODS if obj.kind == "pool" else EXECUTOR_TASK_METHODS
                 for u in uses:
                     p = parents.get(id(u))
-                    if isinstance(p, ast.Attribute) and p.value is u:
+                    if p is not None:
                         if p.attr in CLOSERS:
                             closed = True
                         elif p.attr in methods:
