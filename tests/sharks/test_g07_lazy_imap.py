@@ -22,7 +22,9 @@ from . import helpers
 pytestmark = pytest.mark.timeout(30)
 
 PROCESSES = 2
-DEFAULT_CAP = 50_000  # items pulled ahead with adaptive chunks: bounded memory, whatever the chunk size
+# Without chunksize, chunks adapt up to 4096 items (docs); in flight stay at most
+# 2 x workers chunks + workers items. Allow twice that, and no more.
+DEFAULT_CAP = 4 * PROCESSES * 4096 + PROCESSES
 
 
 class Source:
