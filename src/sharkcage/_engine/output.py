@@ -105,15 +105,67 @@ class LineWriter:
                 self.dropped += 1
 
 
-def redirect_worker_streams(out_sock: socket.socket, err_sock: socket.socket) -> None:
-    """Worker side: fds 1 and 2 become the sockets; Python's streams line-buffered."""
+class InheritedFd:
+    """The parent's fd 1 or 2 *at worker start*, handed to the worker.
+
+    A worker forked from the zygote would otherwise write to the fds the
+    parent had when the zygote was forked; a parent that redirected its
+    stdout since (pytest's capfd, a daemon re-opening its log) must see its
+    workers' output where its own goes now. Pickled for a forkserver or spawn
+    child as a passed fd; a fork child simply has it.
+    """
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __reduce__(self):
+        from multiprocessing import reduction
+
+        return (_rebuild_inherited, (reduction.DupFd(self.fd),))
+
+
+def _rebuild_inherited(dup) -> int:
+    return dup.detach()
+
+
+def parent_stdio() -> tuple | None:
+    """The parent's current fds 1 and 2, to give each new worker (None if closed)."""
     import os
 
-    for sock, fd in ((out_sock, 1), (err_sock, 2)):
-        os.dup2(sock.fileno(), fd)
-        sock.close()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.reconfigure(line_buffering=True)
-        except Exception:
-            pass
+    try:
+        os.fstat(1)
+        os.fstat(2)
+    except OSError:
+        return None
+    return (InheritedFd(1), InheritedFd(2))
+
+
+def adopt_worker_streams(out, err) -> None:
+    """Worker side: fds 1 and 2 become ``out``/``err`` (sockets of the
+    supervisor with label_output, or the parent's fds), and Python's
+    ``sys.stdout``/``sys.stderr`` are fresh line-buffered files on them.
+
+    Fresh, because a worker forked from the zygote inherits the parent's
+    Python stream *objects* of that moment — a test harness's StringIO, or a
+    file whose fd the zygote closed — as a spawned process never would.
+    """
+    import os
+
+    for src, fd in ((out, 1), (err, 2)):
+        if isinstance(src, InheritedFd):
+            src = src.fd
+        if isinstance(src, socket.socket):
+            os.dup2(src.fileno(), fd)
+            src.close()
+        elif isinstance(src, int) and src != fd:
+            os.dup2(src, fd)
+            os.close(src)
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        try:  # buffering=1: line-buffered text, so lines leave as they are printed
+            stream = open(fd, "w", buffering=1, closefd=False, encoding="utf-8", errors="backslashreplace")
+        except (OSError, ValueError):
+            continue
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)

@@ -50,7 +50,7 @@ from typing import Any, Callable
 from sharkcage._engine import replies, serialize, start
 from sharkcage._engine.channel import ChannelClosed, ParentEnd, encode
 from sharkcage._engine.jobs import CallbackRunner, Job
-from sharkcage._engine.output import LineWriter, OutputPipe
+from sharkcage._engine.output import LineWriter, OutputPipe, parent_stdio
 from sharkcage._engine.recorder import Recorder
 from sharkcage._engine.worker import (
     SLOT_BATCH,
@@ -580,7 +580,7 @@ class Supervisor:
         from sharkcage._engine import worker as worker_mod
 
         streams = None
-        child_streams = None
+        child_streams = None if cfg.method == "fork" else parent_stdio()
         if cfg.label_output:
             pairs = [socket.socketpair(), socket.socketpair()]
             child_streams = (pairs[0][1], pairs[1][1])
@@ -601,8 +601,9 @@ class Supervisor:
             return
         finally:
             child_sock.close()
-            for sock in child_streams or ():
-                sock.close()
+            if cfg.label_output:
+                for sock in child_streams:
+                    sock.close()
         w.streams = streams or []
         for pipe in w.streams:
             self.selector.register(pipe.fd, selectors.EVENT_READ, ("output", (w, pipe)))

@@ -239,10 +239,13 @@ def main(sock: socket.socket, slot, config: bytes, streams=None) -> None:
     """Entry point of a worker process (the target of multiprocessing.Process)."""
     global _state, _info
     _set_pdeathsig()
-    if streams is not None:  # label_output=True: stdout/stderr go to the supervisor
-        from sharkcage._engine.output import redirect_worker_streams
+    if streams is not None:  # the supervisor's sockets (label_output) or the parent's fds 1/2
+        from sharkcage._engine.output import adopt_worker_streams
 
-        redirect_worker_streams(*streams)
+        try:
+            adopt_worker_streams(*streams)
+        except Exception:  # output plumbing must never keep a worker from serving
+            pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     # Let a task create a pool of its own (nested pools): multiprocessing
     # refuses children of daemonic processes.
