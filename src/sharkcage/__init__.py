@@ -33,6 +33,16 @@ from sharkcage.results import AsyncIMapIterator, AsyncResult, AwaitableFuture, I
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # Lazy: `import sharkcage` never imports numpy; SharedArray needs it.
+    if name in ("SharedArray", "ShareHandle"):
+        from sharkcage import shared
+
+        return getattr(shared, name)
+    raise AttributeError(f"module 'sharkcage' has no attribute {name!r}")
+
+
 __all__ = [
     "Pool",
     "ProcessPoolExecutor",
@@ -42,6 +52,8 @@ __all__ = [
     "AsyncIMapIterator",
     "AwaitableFuture",
     "ActorProxy",
+    "SharedArray",
+    "ShareHandle",
     "worker_state",
     "worker_info",
     "SharkcageError",

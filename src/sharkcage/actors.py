@@ -123,7 +123,7 @@ class ActorProxy:
         job.kind = "actor"
         future._sharkcage_job = job
         future._sharkcage_backend = self._backend
-        batch = batching.single(job, self._fn_id, CALL, ((name, args, kwargs), {}))
+        batch = batching.single(job, self._fn_id, CALL, ((name, args, kwargs), {}), getattr(self._backend, "arena", None))
         self._backend.submit([batch])
         return future
 

@@ -62,6 +62,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         warn_after: float | None = None,
         label_output: bool = False,
         record: bool = True,
+        shm_threshold: int = 1 << 20,
     ):
         if max_workers is not None and (isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers <= 0):
             raise ValueError("max_workers must be greater than 0")
@@ -73,7 +74,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
             maxtasksperchild=max_tasks_per_child, context=mp_context, start_method=start_method,
             task_timeout=task_timeout, max_memory_per_worker=max_memory_per_worker,
             retries=retries, allow_unsafe_fork=allow_unsafe_fork, address=address, warn_after=warn_after,
-            label_output=label_output, record=record,
+            label_output=label_output, record=record, shm_threshold=shm_threshold,
         )
         self._progress = progress
         self._max_workers = self._backend.config.processes
@@ -96,7 +97,7 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         job = FutureJob(future, f"submit({serialize.callable_name(fn)})")
         future._sharkcage_job = job  # for cancel(); Future has a __dict__
         future._sharkcage_backend = self._backend
-        batch = batching.single(job, fn_id, CALL, (args, kwargs))
+        batch = batching.single(job, fn_id, CALL, (args, kwargs), getattr(self._backend, "arena", None))
         self._backend.submit([batch])
         self._futures.add(future)
         return future

@@ -105,6 +105,7 @@ class Pool:
         warn_after: float | None = None,
         label_output: bool = False,
         record: bool = True,
+        shm_threshold: int = 1 << 20,
     ):
         self._state = _RUN
         self._progress = progress
@@ -114,15 +115,19 @@ class Pool:
             maxtasksperchild=maxtasksperchild, context=context, start_method=start_method,
             task_timeout=task_timeout, max_memory_per_worker=max_memory_per_worker,
             retries=retries, allow_unsafe_fork=allow_unsafe_fork, address=address, warn_after=warn_after,
-            label_output=label_output, record=record,
+            label_output=label_output, record=record, shm_threshold=shm_threshold,
         )
         self._processes = self._backend.config.processes
         self._actors: "weakref.WeakSet" = weakref.WeakSet()
+        self._shares: list = []
         # A pool that is garbage-collected without close()/terminate() is
         # terminated, like the stdlib's, and never leaves workers behind.
         self._finalizer = weakref.finalize(self, _finalize_backend, self._backend)
 
     # ------------------------------------------------------------------
+    def _backend_arena(self):
+        return getattr(self._backend, "arena", None)
+
     def _check_running(self) -> None:
         if self._state != _RUN:
             raise ValueError("Pool not running")
@@ -158,7 +163,7 @@ class Pool:
         self._check_running()
         fn_id = self._fn(func)
         job = AsyncResult(self._backend, _apply_name(func), callback, error_callback)
-        batch = batching.single(job, fn_id, CALL, (tuple(args), dict(kwds or {})))
+        batch = batching.single(job, fn_id, CALL, (tuple(args), dict(kwds or {})), self._backend_arena())
         self._backend.submit([batch])
         return job
 
@@ -207,7 +212,8 @@ class Pool:
             job.progress = self._progress_bar(progress, len(items), job.name)
         batches = []
         for first, chunk in batching.chunks(items, size):
-            batch, _ = batching.pickle_chunk(chunk, job, first, fn_id, kind, raise_errors=True)
+            batch, _ = batching.pickle_chunk(chunk, job, first, fn_id, kind, raise_errors=True,
+                                             arena=self._backend_arena())
             batches.append(batch)
         if batches:
             self._backend.submit(batches)
@@ -285,6 +291,41 @@ class Pool:
         return self._backend.dump_stacks(timeout)
 
     # ------------------------------------------------------------------
+    # shared data
+
+    def share(self, obj: Any):
+        """Place a large read-only object in shared memory once; returns a handle.
+
+        Pass the handle in task arguments: the task receives the object,
+        materialised at most once per worker (numpy arrays as zero-copy
+        read-only views). The memory is released when the pool ends.
+
+        >>> import numpy as np
+        >>> from sharkcage import Pool
+        >>> with Pool(1) as pool:
+        ...     h = pool.share(np.arange(10))
+        ...     pool.apply(np.sum, (h,))
+        45
+        """
+        from sharkcage.shared import make_share
+
+        self._check_running()
+        root = getattr(self._backend, "shm_root", None)
+        if root is None:
+            raise ValueError("pool.share() needs the local backend's shared memory")
+        handle = make_share(obj, prefix=root)
+        self._shares.append(handle)
+        return handle
+
+    def _release_shares(self) -> None:
+        shares, self._shares = self._shares, []
+        for handle in shares:
+            try:
+                handle.release()
+            except Exception:
+                pass
+
+    # ------------------------------------------------------------------
     # actors
 
     def actor(self, cls: type, *args, restart: bool = False, **kwargs):
@@ -337,6 +378,7 @@ class Pool:
         self._backend.join(5.0)
         for proxy in list(self._actors):
             proxy._backend.join(5.0)
+        self._release_shares()
 
     def join(self) -> None:
         """Wait for the workers to leave (after ``close()`` or ``terminate()``)."""
@@ -345,6 +387,7 @@ class Pool:
         self._backend.join()
         for proxy in list(self._actors):
             proxy._backend.join()
+        self._release_shares()
 
     def __enter__(self) -> "Pool":
         self._check_running()

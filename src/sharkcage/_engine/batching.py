@@ -24,10 +24,10 @@ from sharkcage._engine.start import mark_own_thread
 from sharkcage._engine.supervisor import Batch
 
 
-def pickle_chunk(items: list, job, first_index: int, fn_id: int, kind: int, raise_errors: bool):
+def pickle_chunk(items: list, job, first_index: int, fn_id: int, kind: int, raise_errors: bool, arena=None):
     """One batch for ``items``; returns (batch or None, [(index, error)])."""
     try:
-        return Batch(fn_id, kind, None, items, serialize.dumps(items), False,
+        return Batch(fn_id, kind, None, items, serialize.dumps_data(items, arena, owned=True), False,
                      job=job, indices=range(first_index, first_index + len(items))), []
     except BaseException as e:  # noqa: BLE001 - SystemExit in __reduce__ included
         if isinstance(e, KeyboardInterrupt):
@@ -35,11 +35,15 @@ def pickle_chunk(items: list, job, first_index: int, fn_id: int, kind: int, rais
     payloads, indices, kept, errors = [], [], [], []
     for k, item in enumerate(items):
         try:
-            payloads.append(serialize.dumps(item))
+            payloads.append(serialize.dumps_data(item, arena, owned=True, task=job.describe(first_index + k),
+                                                 direction="argument"))
         except BaseException as e:  # noqa: BLE001
             if isinstance(e, KeyboardInterrupt):
                 raise
-            err = serialize.serialization_error("argument", job.describe(first_index + k), item, e)
+            if isinstance(e, serialize.SerializationError):
+                err = e  # already names the task (a buffer too big for /dev/shm)
+            else:
+                err = serialize.serialization_error("argument", job.describe(first_index + k), item, e)
             if raise_errors:
                 raise err from None
             errors.append((first_index + k, err))
@@ -51,12 +55,12 @@ def pickle_chunk(items: list, job, first_index: int, fn_id: int, kind: int, rais
     return Batch(fn_id, kind, None, kept, payloads, True, job=job, indices=indices), errors
 
 
-def single(job, fn_id: int, kind: int, item) -> Batch:
+def single(job, fn_id: int, kind: int, item, arena=None) -> Batch:
     """A batch of one task (apply_async/submit); raises SerializationError."""
     try:
-        payload = serialize.dumps(item)
+        payload = serialize.dumps_data(item, arena, owned=True, task=job.describe(0), direction="argument")
     except BaseException as e:  # noqa: BLE001
-        if isinstance(e, KeyboardInterrupt):
+        if isinstance(e, (KeyboardInterrupt, serialize.SerializationError)):
             raise
         raise serialize.serialization_error("argument", job.describe(0), item, e) from None
     return Batch(fn_id, kind, None, [item], [payload], True, job=job, indices=[0])
@@ -153,7 +157,8 @@ class Feeder:
                 except BaseException as e:  # noqa: BLE001 - the input raised: fail at its position
                     failure = e
                 if items:
-                    batch, errors = pickle_chunk(items, job, index, self.fn_id, self.kind, raise_errors=False)
+                    batch, errors = pickle_chunk(items, job, index, self.fn_id, self.kind, raise_errors=False,
+                                                 arena=getattr(self.backend, "arena", None))
                     for i, err in errors:
                         job.deliver(i, False, err)
                     if batch is not None:

@@ -51,7 +51,7 @@ class Recorder:
         self.crashes = 0
         self.restarts = 0
         self.parent_seconds = 0.0
-        self.shm_bytes = 0
+        self.shm_source = None  # the pool's SegmentArena: bytes that went through shared memory
 
     # -- supervisor side -----------------------------------------------------
     def _slot(self, slot_id: int) -> _Slot:
@@ -142,8 +142,14 @@ class Recorder:
             return PoolStats(
                 workers=workers, tasks_submitted=self.submitted, tasks_done=self.done,
                 tasks_failed=self.failed, crashes=self.crashes, restarts=self.restarts,
-                overhead_per_task_us=overhead, shm_bytes=self.shm_bytes,
+                overhead_per_task_us=overhead, shm_bytes=self._shm_bytes(),
             )
+
+    def _shm_bytes(self) -> int:
+        arena = self.shm_source
+        if arena is None:
+            return 0
+        return arena.bytes_shared + arena.bytes_received
 
     def events(self) -> list[dict]:
         if not self.enabled:

@@ -15,12 +15,12 @@ from sharkcage._engine.worker import BAD_ARGUMENT, OK, RAISED, SKIPPED
 from sharkcage.errors import SerializationError
 
 
-def settle_batch(tag: str, data, batch, deliver) -> None:
+def settle_batch(tag: str, data, batch, deliver, loads=serialize.loads) -> None:
     """:func:`settle` for a Batch; a chunk of one job that all succeeded is
     handed over in one call (``Job.deliver_range``), not item by item."""
     if tag == "done" and batch.job is not None:
         try:
-            values = serialize.loads(data)
+            values = loads(data)
         except BaseException:  # noqa: BLE001 - the slow path names each failure
             values = None
         if values is not None and len(values) == len(batch.items):
@@ -31,14 +31,14 @@ def settle_batch(tag: str, data, batch, deliver) -> None:
 
                 logging.getLogger("sharkcage").exception("delivering %s failed", batch.job.name)
             return
-    settle(tag, data, batch.targets, deliver)
+    settle(tag, data, batch.targets, deliver, loads)
 
 
-def settle(tag: str, data, targets: list, deliver) -> None:
+def settle(tag: str, data, targets: list, deliver, loads=serialize.loads) -> None:
     """Call ``deliver(job, index, ok, value)`` once for every (job, index) in targets."""
     if tag == "done":
         try:
-            values = serialize.loads(data)
+            values = loads(data)
         except BaseException as e:  # noqa: BLE001 - SystemExit in __setstate__ included
             for job, index in targets:
                 deliver(job, index, False, serialize.serialization_error("result", job.describe(index), None, e))
@@ -47,7 +47,7 @@ def settle(tag: str, data, targets: list, deliver) -> None:
             deliver(job, index, True, value)
     elif tag == "mixed":
         for (job, index), (status, payload) in zip(targets, data):
-            deliver(job, index, *_decode_item(job.describe(index), status, payload))
+            deliver(job, index, *_decode_item(job.describe(index), status, payload, loads))
     elif tag == "fn_failed":
         for job, index in targets:
             try:
@@ -61,14 +61,14 @@ def settle(tag: str, data, targets: list, deliver) -> None:
             deliver(job, index, False, err)
 
 
-def _decode_item(what: str, status: int, payload):
+def _decode_item(what: str, status: int, payload, loads=serialize.loads):
     if status == SKIPPED:  # cancelled before it started: the job already says so
         import concurrent.futures
 
         return False, concurrent.futures.CancelledError(f"{what} was cancelled")
     if status == OK:
         try:
-            return True, serialize.loads(payload)
+            return True, loads(payload)
         except BaseException as e:  # noqa: BLE001
             return False, serialize.serialization_error("result", what, None, e)
     if status == RAISED:

@@ -55,6 +55,46 @@ def dumps(obj: Any) -> bytes:
 loads = pickle.loads
 
 
+# SHM_WIRED: arguments and results go through dumps_data/loads_data, which
+# send buffers of at least the pool's shm_threshold through shared memory
+# (see shm.py); everything else is the plain pickle of dumps().
+
+
+def dumps_data(obj: Any, arena=None, owned: bool = False, task: str = "", direction: str = "") -> bytes:
+    """Pickle an argument or a result; big buffers through ``arena``'s shared memory.
+
+    ``owned=True`` (arguments): the returned bytes own their segments and
+    unlink them when garbage-collected, so a re-sent batch still finds them.
+    Same ``__main__`` rule as :func:`dumps`.
+    """
+    if arena is None or not arena.enabled:
+        return dumps(obj)
+    data = arena.dumps(obj, owned=owned, task=task, direction=direction)
+    if b"__main__" in data:
+        from sharkcage._engine import shm
+
+        again = arena._dumps_cloudpickle(obj, owned, task, direction)
+        if not owned:
+            shm.unlink(shm.segment_names(data))
+        return again
+    return data
+
+
+def loads_data(data, arena=None, consume: bool = True) -> Any:
+    """Unpickle what :func:`dumps_data` made (a plain pickle, or an envelope).
+
+    ``consume=True`` takes the segments over (unlinks their names);
+    ``consume=False`` maps them copy-on-write and leaves them to the sender.
+    """
+    if data[0] != 0:  # a pickle starts with PROTO (0x80); an envelope with NUL
+        return pickle.loads(data)
+    if arena is not None:
+        return arena.loads(data, consume=consume)
+    from sharkcage._engine import shm
+
+    return shm.loads(data, consume=consume)
+
+
 def dumps_callable(fn: Any) -> bytes:
     """Pickle a callable by value where it cannot be found by reference."""
     return cloudpickle.dumps(fn, PROTOCOL)

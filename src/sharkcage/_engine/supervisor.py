@@ -47,7 +47,7 @@ import traceback
 import weakref
 from typing import Any, Callable
 
-from sharkcage._engine import replies, serialize, start
+from sharkcage._engine import replies, serialize, shm, start
 from sharkcage._engine.channel import ChannelClosed, ParentEnd, encode
 from sharkcage._engine.jobs import CallbackRunner, Job
 from sharkcage._engine.output import LineWriter, OutputPipe, parent_stdio
@@ -156,6 +156,7 @@ class PoolConfig:
         warn_after=None,
         label_output=False,
         record=True,
+        shm_threshold=shm.DEFAULT_THRESHOLD,
     ):
         self.processes = processes
         self.context = context
@@ -178,6 +179,7 @@ class PoolConfig:
         self.warn_after = warn_after
         self.label_output = label_output
         self.record = record
+        self.shm_threshold = shm_threshold
 
 
 def _parent_log_level() -> int:
@@ -227,6 +229,11 @@ class Supervisor:
         self._avg_task = 0.0  # EWMA of item run time, seconds (dispatch depth, adaptive chunks)
         self._task_samples = 0
         self.recorder = Recorder(config.record)
+        # Big buffers through shared memory: the parent's arena for arguments;
+        # each worker has its own under the same root (see shm.py).
+        self.shm_root = shm.pool_prefix()
+        self.arena = shm.SegmentArena(self.shm_root + "p", threshold=config.shm_threshold)
+        self.recorder.shm_source = self.arena
         self._stack_dir = tempfile.mkdtemp(prefix="sharkcage-stacks-")
         self._slots_used: set[int] = set()
         self._warned: set = set()  # (pid, batch id, item) already reported by warn_after
@@ -240,6 +247,8 @@ class Supervisor:
             maxtasksperchild=config.maxtasksperchild,
             max_memory=config.max_memory_per_worker,
             timed=config.task_timeout is not None or config.warn_after is not None,
+            shm_root=self.shm_root if self.arena.enabled else None,
+            shm_threshold=config.shm_threshold,
             log_level=_parent_log_level(),
         )
         _read_oom_baseline()
@@ -542,7 +551,7 @@ class Supervisor:
         if b.split:
             payload = [b.payload[i] for i in keep]
         else:
-            payload = [serialize.dumps(b.items[i]) for i in keep]
+            payload = [serialize.dumps_data(b.items[i], self.arena, owned=True) for i in keep]
         if b.job is not None:
             nb = Batch(b.fn_id, b.kind, None, [b.items[i] for i in keep], payload, True, b.attempts,
                        job=b.job, indices=[b.indices[i] for i in keep])
@@ -696,7 +705,7 @@ class Supervisor:
                 else:
                     failed = len(batch)
                 self.recorder.batch_done(w.slot_id, w.pid, batch, len(batch), failed, elapsed, now)
-                replies.settle_batch(tag, msg[2], batch, self._deliver)
+                replies.settle_batch(tag, msg[2], batch, self._deliver, self._load_result)
         elif tag == "log":
             self._handle_log(msg[1])
         elif tag == "ready":
@@ -735,6 +744,10 @@ class Supervisor:
             pass
         w.ever_ran = True
         return batch
+
+    def _load_result(self, data):
+        # consume=True: this process owns the result's segments from now on
+        return serialize.loads_data(data, self.arena, consume=True)
 
     def _handle_log(self, data: bytes) -> None:
         try:
@@ -977,6 +990,9 @@ class Supervisor:
                 pass
         running = self._running_item(w)
         w.end.close()
+        # Results it sent were read above (their segments taken over); what
+        # it was still writing, or sent and nobody will read, goes now.
+        shm.cleanup_prefix(f"{self.shm_root}w{w.pid}")
         for pipe in list(w.streams):  # what it printed before dying still counts
             self._forward_output(w, pipe)
             if pipe in w.streams:
@@ -1153,6 +1169,7 @@ class Supervisor:
             except OSError:
                 pass
         shutil.rmtree(self._stack_dir, ignore_errors=True)
+        shm.sweep(self.shm_root)  # the parent's arena, every worker's, the pool's shares
         if self._line_writer is not None:
             self._line_writer.stop()
         self.callbacks.stop()

@@ -98,6 +98,7 @@ class WorkerInfo:
 
 _state = None
 _info: WorkerInfo | None = None
+_arena = None  # this worker's shared-memory arena for big results (None: plain pickles)
 
 
 def worker_state():
@@ -267,6 +268,14 @@ def main(sock: socket.socket, slot, config: bytes, streams=None) -> None:
 
     cfg = pickle.loads(config)
     worker_id = cfg["worker_id"]
+    global _arena
+    if cfg.get("shm_root"):
+        from sharkcage._engine import shm
+
+        try:  # the pid keeps a replacement's segments apart from its predecessor's
+            _arena = shm.SegmentArena(f"{cfg['shm_root']}w{os.getpid()}", cfg["shm_threshold"])
+        except Exception:
+            _arena = None
     _register_stack_dump(cfg.get("stack_file"))
     _info = WorkerInfo(worker_id=worker_id, pid=os.getpid(), tasks_done=0)
     os.environ["SHARKCAGE_WORKER_ID"] = str(worker_id)
@@ -474,7 +483,7 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, tim
         items = [None] * len(raw_items)
     else:
         try:
-            items = serialize.loads(payload)
+            items = serialize.loads_data(payload, consume=False)
         except BaseException as e:  # noqa: BLE001 - SystemExit in __setstate__ included
             return ("bad_chunk", batch_id, serialize.describe_exception(e))
     try:
@@ -504,7 +513,7 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, tim
                     continue
                 if split:
                     try:
-                        item = serialize.loads(raw_items[i])
+                        item = serialize.loads_data(raw_items[i], consume=False)
                     except BaseException as e:  # noqa: BLE001
                         if outcomes is None:
                             outcomes = [(OK, r) for r in results]
@@ -539,7 +548,7 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, tim
         # per item, so such a failure lands on its own task.
         if all(type(r) in _SIMPLE for r in results):
             try:
-                return ("done", batch_id, serialize.dumps(results))
+                return ("done", batch_id, serialize.dumps_data(results, _arena))
             except BaseException:  # noqa: BLE001 - find the culprit item by item
                 pass
         outcomes = [(OK, r) for r in results]
@@ -547,7 +556,7 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, tim
     for status, value in outcomes:
         if status == OK:
             try:
-                value = serialize.dumps(value)
+                value = serialize.dumps_data(value, _arena)
             except BaseException as e:  # noqa: BLE001
                 status = BAD_RESULT
                 value = pickle.dumps((serialize.failing_type(value, e), serialize.describe_exception(e)))

@@ -52,6 +52,7 @@ def make_local_backend(
     warn_after=None,
     label_output=False,
     record=True,
+    shm_threshold=1 << 20,
 ) -> Supervisor:
     """Validate everything the user passed, then start the engine."""
     global _counter
@@ -83,6 +84,7 @@ def make_local_backend(
         restart_crashed=restart_crashed, max_init_failures=max_init_failures, on_restart=on_restart,
         warn_after=_positive_number("warn_after", warn_after),
         label_output=bool(label_output), record=bool(record),
+        shm_threshold=_positive_int("shm_threshold", shm_threshold, allow_none=False),
     )
     sup = Supervisor(config)
     _live.add(sup)
