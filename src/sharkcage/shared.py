@@ -67,7 +67,7 @@ class _Segment:
     for that file closes, so there must never be two.
     """
 
-    __slots__ = ("name", "size", "fd", "mm", "addr", "owner", "tlock", "_lock", "__weakref__")
+    __slots__ = ("name", "size", "fd", "mm", "addr", "owner", "tlock", "__weakref__")
 
     def __init__(self, name: str, fd: int, size: int, owner: bool):
         self.name = name
@@ -76,7 +76,6 @@ class _Segment:
         self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self.owner = owner
         self.tlock = threading.Lock()
-        self._lock = None
         self.addr = None  # base address of the mapping, found when first needed
         weakref.finalize(self, _finalize_segment, name, fd, os.getpid() if owner else None)
 
@@ -89,9 +88,9 @@ class _Segment:
 
     @property
     def lock(self) -> SharedLock:
-        if self._lock is None:
-            self._lock = SharedLock(self)
-        return self._lock
+        # A new small object each time, not a cached one: a cache would make
+        # a reference cycle and delay the unlink until the next gc run.
+        return SharedLock(self)
 
     def unlink(self) -> None:
         """The owner gives the name up: no new attachment; mappings stay valid."""
@@ -262,6 +261,12 @@ class SharedLock:
     def __reduce__(self):
         return (_attach_lock, (self._seg.name, self._seg.size))
 
+    def __eq__(self, other) -> bool:
+        return isinstance(other, SharedLock) and other._seg is self._seg
+
+    def __hash__(self) -> int:
+        return hash(self._seg.name)
+
     def __repr__(self) -> str:
         return f"<SharedLock of {self._seg.name} {'locked' if self.locked() else 'unlocked'} here>"
 
@@ -301,8 +306,10 @@ def _build_shared_array_class():
         them, but no new attachment is possible: keep the array alive while
         tasks that receive it are pending.
 
-        Results of computations (``a + 1``, ``a.copy()``) are ordinary
-        arrays; slices and other views stay shared.
+        Slices and other views stay shared. Results of computations
+        (``a + 1``, ``a.copy()``, ``a.sum(axis=0)``) are ordinary arrays;
+        anything else numpy builds as a new SharedArray (``a.astype(...)``,
+        fancy indexing) is *detached*: it travels as data and has no lock.
 
         >>> import numpy as np, pickle
         >>> from sharkcage.shared import SharedArray
@@ -364,6 +371,10 @@ def _build_shared_array_class():
 
         def __reduce__(self):
             return self.__reduce_ex__(2)
+
+        def copy(self, order="C"):
+            """An ordinary (not shared) copy, like ``np.copy``."""
+            return self.view(np.ndarray).copy(order)
 
         @property
         def lock(self) -> SharedLock:
@@ -435,7 +446,7 @@ def _attach_array(name: str, size: int, dtype, shape, strides, offset: int):
 _SHARE_MAGIC = b"\x00SCSHR1\x00"
 _SHARE_HEAD = struct.Struct("<8sQ")
 _ALIGN = 64
-_MIN_OOB = 4096  # smaller buffers stay inside the pickle
+_MIN_OOB = 0  # every buffer out of band: all arrays resolve as read-only views
 _resolved: dict[str, Any] = {}
 _resolve_lock = threading.Lock()
 

@@ -56,6 +56,7 @@ True
 
 from __future__ import annotations
 
+import atexit
 import copyreg
 import errno
 import itertools
@@ -485,7 +486,8 @@ class _Dumper:
         chunks = self.chunks
         threshold = self.arena.threshold
         # One chunk is a stream of at most one frame: nothing worth moving.
-        big = {i for i, c in enumerate(chunks) if _nbytes(c) >= threshold} if len(chunks) > 1 else ()
+        big = {i for i in range(1, len(chunks)) if _is_big_payload(chunks[i - 1], chunks[i], threshold)} \
+            if len(chunks) > 1 else ()
         if not self.segments and not big:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         # Stream pieces: >= 0 is that many inline bytes, < 0 is segment -(k+1).
@@ -524,6 +526,20 @@ class _Dumper:
         self.segments = []
 
 
+def _is_big_payload(prev, chunk, threshold: int) -> bool:
+    """Is ``chunk`` the raw data of one bytes/bytearray/str/PickleBuffer?
+
+    Pickle writes such a payload (from 64 KiB up) to the file as its own
+    chunk, right after a chunk that ends with the opcode's length field.
+    Frames (the rest of the stream) are never moved: it would be correct
+    (the receiver rebuilds the exact stream) but pointless.
+    """
+    n = _nbytes(chunk)
+    if n < threshold or type(prev) is not bytes:
+        return False
+    return prev.endswith(n.to_bytes(8, "little")) or (n < 1 << 32 and prev.endswith(n.to_bytes(4, "little")))
+
+
 def _nbytes(chunk) -> int:
     if type(chunk) is bytes or type(chunk) is bytearray:
         return len(chunk)
@@ -546,6 +562,62 @@ def _c_order_blocks(a):
     step = max(1, _BLOCK // max(row, 1))
     for start in range(0, a.shape[0], step):
         yield np.ascontiguousarray(a[start : start + step]).reshape(-1).view("u1")
+
+
+class _OwnedEnvelope(bytes):
+    """Envelope bytes that own their segments (``dumps(owned=True)``).
+
+    Plain bytes everywhere (a channel pickles it as such); when the last
+    reference in the creating process goes, its segments are unlinked.
+    """
+
+    def __reduce__(self):
+        return (bytes, (bytes(self),))
+
+    def __del__(self):
+        d = self.__dict__
+        if d.get("_pid") == os.getpid():  # a forked child's copy owns nothing
+            try:
+                _release_owned(d["_names"])
+            except Exception:  # noqa: BLE001 - interpreter teardown
+                pass
+
+
+_live_owned: set[str] = set()  # names held by live owned envelopes in this process
+_live_pid = os.getpid()
+
+
+def _owned_envelope(data: bytes, names: list[str]) -> _OwnedEnvelope:
+    env = _OwnedEnvelope(data)
+    env._names = names
+    env._pid = os.getpid()
+    _live_owned.update(names)
+    return env
+
+
+def _release_owned(names) -> None:
+    for name in names:
+        _live_owned.discard(name)
+        if _unlink_name(name):
+            _untrack(name)
+
+
+@atexit.register
+def _release_all_owned() -> None:
+    # Envelopes still alive at a normal exit: unlink now rather than leave
+    # it to the tracker (which would warn about "leaked" segments).
+    if os.getpid() == _live_pid:
+        _release_owned(list(_live_owned))
+
+
+def _after_fork_in_child() -> None:
+    global _live_pid
+    _live_owned.clear()
+    _live_pid = os.getpid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class SegmentArena:
@@ -587,8 +659,17 @@ class SegmentArena:
     def _next_name(self) -> str:
         return f"{self.prefix}-{next(self._counter)}"
 
-    def dumps(self, obj: Any, *, task: str = "", direction: str = "") -> bytes:
+    def dumps(self, obj: Any, *, owned: bool = False, task: str = "", direction: str = "") -> bytes:
         """Pickle ``obj``; big buffers go to new segments, referenced by an envelope.
+
+        ``owned=False`` (results): the receiver takes the segments over with
+        ``loads(consume=True)``; if it never does, the sender unlinks them
+        (:meth:`unlink` of :func:`segment_names`, or :meth:`cleanup`).
+
+        ``owned=True`` (arguments): the returned bytes object owns its
+        segments and unlinks them when it is garbage-collected (or at exit),
+        so they live exactly as long as the sender keeps the message, through
+        any number of re-sends; receivers load it with ``consume=False``.
 
         Falls back to cloudpickle for what plain pickle cannot do (lambdas,
         ``__main__`` functions inside the data), as ``serialize.dumps`` does,
@@ -612,18 +693,20 @@ class SegmentArena:
             raise
         except (pickle.PicklingError, TypeError, AttributeError):
             dumper.abort()  # this pickler's state is unknown now: drop it
-            return self._dumps_cloudpickle(obj, task, direction)
+            return self._dumps_cloudpickle(obj, owned, task, direction)
         except BaseException:
             dumper.abort()
             raise
         if dumper.segments:
             self._account(dumper)
+            if owned:
+                data = _owned_envelope(data, [seg.name for seg in dumper.segments])
         dumper.reset()
         if len(free) < 4:
             free.append(dumper)
         return data
 
-    def _dumps_cloudpickle(self, obj, task: str, direction: str) -> bytes:
+    def _dumps_cloudpickle(self, obj, owned: bool, task: str, direction: str) -> bytes:
         import cloudpickle
 
         dumper = _Dumper(self, cloudpickle.Pickler, base_table=cloudpickle.Pickler.dispatch_table)
@@ -634,6 +717,8 @@ class SegmentArena:
             dumper.abort()
             raise
         self._account(dumper)
+        if owned and dumper.segments:
+            data = _owned_envelope(data, [seg.name for seg in dumper.segments])
         return data
 
     def _account(self, dumper: _Dumper) -> None:
