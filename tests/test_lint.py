@@ -135,6 +135,13 @@ def test_sc001_near_misses():
     assert hits(code, "SC001") == []
 
 
+def test_sc001_not_in_a_packages_main_module():
+    # `python -m pkg` runs pkg/__main__.py; spawn does not re-run it in the children
+    code = "from multiprocessing import Pool\nwith Pool() as p:\n    p.map(abs, [1])\n"
+    assert hits(code, "SC001", "pkg/__main__.py") == []
+    assert hits(code, "SC001", "pkg/cli.py") == [2]
+
+
 # --- SC002 unpicklable-callable ------------------------------------------------------------------
 
 
@@ -187,6 +194,27 @@ def test_sc002_seed_004_process_target_args_queue_and_pipe():
         q.put(myrange())                           # HIT
     """
     assert hits(code, "SC002") == marked(code)
+
+
+def test_sc002_function_defined_under_the_main_guard():
+    code = """
+    import multiprocessing
+    import sharkcage
+
+    if __name__ == "__main__":
+        def double(x):
+            return x * 2
+        with multiprocessing.Pool() as pool:
+            pool.map(double, [1])                                     # HIT
+        multiprocessing.Process(target=double, args=(1,)).start()    # HIT
+        with multiprocessing.get_context("fork").Pool() as fp:
+            fp.map(double, [1])                # fork workers have __main__.double
+        with sharkcage.Pool() as sp:
+            sp.map(double, [1])                # sharkcage sends it by value
+    """
+    found = run_lint(code, select="SC002")
+    assert [f.line for f in found] == marked(code)
+    assert "__mp_main__" not in found[0].message and "never run that block" in found[0].message
 
 
 def test_sc002_near_misses():
@@ -386,6 +414,25 @@ def test_sc004_near_misses():
         threading.Thread(target=f).start()
         with ThreadPoolExecutor() as ex:
             ex.submit(f)
+    """
+    assert hits(code, "SC004") == []
+
+
+def test_sc004_threads_joined_under_another_name():
+    code = """
+    import threading
+    import multiprocessing as mp
+
+    def f(): pass
+
+    def main():
+        threads = [threading.Thread(target=f) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for worker in threads:
+            worker.join()
+        with mp.Pool() as pool:
+            pool.map(abs, [1])
     """
     assert hits(code, "SC004") == []
 

@@ -261,6 +261,8 @@ class _Builder(ast.NodeVisitor):
             self.visit(node.returns)
         self.scope.defs[node.name] = node
         self.scope.bind(node.name, pos(node), "def", node, node)
+        if self.in_main:
+            self.m.main_defs.add(id(node))
         s = self._child(node, "function")
         a = node.args
         for arg in a.posonlyargs + a.args + a.kwonlyargs + [x for x in (a.vararg, a.kwarg) if x]:
@@ -436,7 +438,8 @@ class Model:
         self.module = Scope(tree, None, "module")
         self.scope_of_def: dict[int, Scope] = {}
         self.holder_of: dict[int, Scope] = {}
-        self.in_main: set[int] = set()
+        self.in_main: set[int] = set()  # calls made under `if __name__ == "__main__":`
+        self.main_defs: set[int] = set()  # functions defined there
         self._memo: dict[int, Obj | None] = {}
         self.cache: dict[object, object] = {}  # facts the rules compute once per file
         builder = _Builder(self)

@@ -191,6 +191,15 @@ def pool_init_args(m: Model, scope: Scope) -> Iterator[tuple[ast.Call, Obj, ast.
         yield call, obj, init, elements(initargs)
 
 
+def main_only(m: Model, expr: ast.AST | None, scope: Scope) -> str | None:
+    """A function defined under ``if __name__ == "__main__":``: spawn and forkserver children
+    import the main module as ``__mp_main__`` and never run that block, so the name is missing."""
+    obj = m.value_of(expr, scope) if expr is not None else None
+    if obj is not None and obj.kind == "function" and not obj.nested and id(obj.node) in m.main_defs:
+        return f'function `{obj.node.name}` defined under `if __name__ == "__main__"`'
+    return None
+
+
 def unpicklable(m: Model, expr: ast.AST | None, scope: Scope) -> str | None:
     """Why pickle (by reference) cannot send this callable or object, or None."""
     if expr is None:
@@ -269,6 +278,8 @@ class _Summaries:
 
 
 def check_sc001(m: Model) -> Report:
+    if os.path.basename(m.path) == "__main__.py":
+        return  # spawn never re-runs a package's __main__ module in the child (spawn._fixup_main_from_name)
     starts = _Summaries(m, lambda call, scope: _starts_workers(m, call, scope))
     for scope in m.scopes():
         if not m.runs_at_import(scope):
@@ -304,6 +315,13 @@ def check_sc002(m: Model) -> Report:
             why = unpicklable(m, tc.func, scope)
             if why is not None:
                 yield tc.func, f"{why} passed to `{src(tc.call.func)}`: a pool pickles its task function by name, which fails"
+            elif not m.explicit_fork(tc.pool):
+                why = main_only(m, tc.func, scope)
+                if why is not None:
+                    yield tc.func, (
+                        f"{why} passed to `{src(tc.call.func)}`: spawn and forkserver workers never run that block, "
+                        "so unpickling the task fails (the default on macOS and Windows, and on Linux from Python 3.14)"
+                    )
             if tc.method in ("apply", "apply_async", "submit"):
                 for e in tc.pickled:
                     why = unpicklable(m, e, scope)
@@ -313,7 +331,7 @@ def check_sc002(m: Model) -> Report:
             if pc.obj.flavor != "stdlib" or m.explicit_fork(pc.obj):
                 continue
             for e in ([pc.target] if pc.target is not None else []) + pc.passed:
-                why = unpicklable(m, e, scope)
+                why = unpicklable(m, e, scope) or main_only(m, e, scope)
                 if why is not None:
                     role = "target" if e is pc.target else "argument"
                     yield e, (
@@ -323,7 +341,7 @@ def check_sc002(m: Model) -> Report:
         for call, obj, init, _ in pool_init_args(m, scope):
             if obj.flavor != "stdlib" or m.explicit_fork(obj) or init is None:
                 continue
-            why = unpicklable(m, init, scope)
+            why = unpicklable(m, init, scope) or main_only(m, init, scope)
             if why is not None:
                 yield init, (
                     f"{why} as the initializer of {call_name(call)}: spawn and forkserver pickle it, which fails "
@@ -423,14 +441,22 @@ def check_sc003(m: Model) -> Report:
 # --- SC004: fork after threads ----------------------------------------------------------------
 
 
-def _thread_start(m: Model, call: ast.Call, scope: Scope) -> tuple[str, str | None] | None:
-    """``(description, joinable name)`` when the call starts a thread or a QueueListener."""
+def _thread_key(m: Model, expr: ast.AST, scope: Scope) -> object:
+    """What identifies a thread object for join(): the call that created it, else its name."""
+    obj = m.value_of(expr, scope)
+    if obj is not None and obj.kind in ("thread", "listener") and obj.node is not None:
+        return id(obj.node)
+    return dotted(expr)
+
+
+def _thread_start(m: Model, call: ast.Call, scope: Scope) -> tuple[str, object] | None:
+    """``(description, key for join)`` when the call starts a thread or a QueueListener."""
     f = call.func
     if isinstance(f, ast.Attribute) and f.attr == "start":
         obj = m.value_of(f.value, scope)
         if obj is not None and obj.kind in ("thread", "listener"):
             what = "a QueueListener thread" if obj.kind == "listener" else "a thread"
-            return what, dotted(f.value)
+            return what, _thread_key(m, f.value, scope)
     return None
 
 
@@ -453,15 +479,15 @@ def _scan_threads(m: Model, scope: Scope, summary) -> tuple[list[tuple[ast.AST, 
     """Walk one scope's calls in source order: report forks made while a thread runs.
 
     Returns the reports, the thread still running at the end (if any) and the first fork."""
-    live: dict[str, str] = {}  # joinable name (or a unique key) -> description with line
+    live: dict[object, str] = {}  # thread key (or a unique key) -> description with line
     reports: list[tuple[ast.AST, str]] = []
     first_fork = None
     for call in scope.calls:
         f = call.func
         if isinstance(f, ast.Attribute) and f.attr in ("join", "stop"):
-            name = dotted(f.value)
-            if name in live:
-                del live[name]
+            key = _thread_key(m, f.value, scope)
+            if key in live:  # a joined thread (a stopped listener) holds no lock any more
+                del live[key]
                 continue
         fork = _fork_event(m, call, scope)
         started = _thread_start(m, call, scope)
@@ -484,8 +510,8 @@ def _scan_threads(m: Model, scope: Scope, summary) -> tuple[list[tuple[ast.AST, 
                     "held by a thread that does not exist in it and can hang"
                 )))
         if started is not None:
-            what, name = started
-            live[name or f"#{id(call)}"] = f"{what} started at line {call.lineno}"
+            what, key = started
+            live[key if key is not None else f"#{id(call)}"] = f"{what} started at line {call.lineno}"
         elif callee_thread is not None:
             live[f"#{id(call)}"] = f"{callee_thread} (via `{src(call.func)}()` at line {call.lineno})"
     running = next(iter(live.values())) if live else None
