@@ -178,7 +178,20 @@ def dotted(expr: ast.AST) -> str | None:
 
 
 def is_main_test(test: ast.AST) -> str | None:
-    """``"body"`` for ``__name__ == "__main__"``, ``"orelse"`` for ``!=``, else None."""
+    """``"body"`` for ``__name__ == "__main__"``, ``"orelse"`` for ``!=``, else None.
+
+    The other guard people use, ``parent_process() is None`` (or ``current_process().name
+    == "MainProcess"``), counts too: a child re-importing the module skips that block.
+
+    >>> is_main_test(ast.parse("multiprocessing.parent_process() is None").body[0].value)
+    'body'
+    """
+    if isinstance(test, ast.Compare) and len(test.ops) == 1:
+        text = ast.unparse(test)
+        if "parent_process()" in text and isinstance(test.ops[0], ast.Is):
+            return "body"
+        if "current_process().name" in text and "'MainProcess'" in text:
+            return "body" if isinstance(test.ops[0], ast.Eq) else "orelse" if isinstance(test.ops[0], ast.NotEq) else None
     if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
         return None
     left, right = test.left, test.comparators[0]

@@ -216,15 +216,6 @@ def unpicklable(m: Model, expr: ast.AST | None, scope: Scope) -> str | None:
     return None
 
 
-def describe(obj: Obj) -> str:
-    return {
-        "pool": "Pool",
-        "executor": "ProcessPoolExecutor",
-        "process": "Process",
-        "manager": "Manager",
-    }.get(obj.kind, obj.kind)
-
-
 # --- SC001: worker processes started at import time -----------------------------------------
 
 
