@@ -25,6 +25,7 @@ An actor takes a process of its own, *in addition to* the pool's
 from __future__ import annotations
 
 import concurrent.futures
+import inspect
 import warnings
 from typing import Any
 
@@ -41,8 +42,14 @@ def _build(cls, args, kwargs):
 
 
 def _call(name: str, args: tuple, kwargs: dict):
-    """Runs in the actor's process: one method call on its object."""
-    return getattr(worker_state(), name)(*args, **kwargs)
+    """Runs in the actor's process: one method call on its object (an
+    ``async def`` method runs to completion on the actor's own loop)."""
+    value = getattr(worker_state(), name)(*args, **kwargs)
+    if inspect.iscoroutine(value):
+        from sharkcage._engine.worker import _run_coroutine
+
+        value = _run_coroutine(value)
+    return value
 
 
 class ActorMethod:
