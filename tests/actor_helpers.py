@@ -156,7 +156,7 @@ class BrokenCtor:
 
 
 class AsyncCounter:
-    """An actor with an async method (checked separately: see the report)."""
+    """An actor with an async method: it runs on the actor's own event loop."""
 
     def __init__(self):
         self.n = 0

@@ -281,3 +281,16 @@ def test_pool_close_and_join_finish_actor_calls():
         pool.terminate()
     assert [f.result(GET) for f in futures] == [1, 2, 3, 4, 5]
     proc.wait(GET)
+
+
+def test_async_method_runs_on_the_actors_own_loop():
+    """An ``async def`` method is awaited in the actor's process; its state persists."""
+    with Pool(1) as pool:
+        counter = pool.actor(h.AsyncCounter)
+        assert counter.add(2) == 2
+        assert counter.add.submit(3).result(timeout=30) == 5
+
+        async def main():
+            return await counter.add.submit(5)
+
+        assert asyncio.run(main()) == 10
