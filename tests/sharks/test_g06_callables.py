@@ -1,5 +1,5 @@
 """Guarantee 6: lambdas, closures and functions defined in ``__main__``, ``python -c``,
-piped stdin or the REPL work with every start method; a function is pickled once
+piped stdin, the REPL or IPython (a notebook's shell) work with every start method; a function is pickled once
 per pool and sent once per worker, not per task.
 
 Seed 003 (first half): with spawn, a function defined in an interactive
@@ -71,7 +71,7 @@ EXPECTED = [
 ]
 
 
-@pytest.mark.parametrize("mode", ["script", "dash_c", "stdin", "repl"])
+@pytest.mark.parametrize("mode", ["script", "dash_c", "stdin", "repl", "ipython"])
 def test_main_defined_callables_with_every_start_method(mode, tmp_path):
     code = SCRIPT
     if mode == "script":
@@ -82,12 +82,18 @@ def test_main_defined_callables_with_every_start_method(mode, tmp_path):
         proc = helpers.run_python(["-c", code], cwd=str(tmp_path), timeout=25)
     elif mode == "stdin":
         proc = helpers.run_python(["-"], input=code, cwd=str(tmp_path), timeout=25)
-    else:  # the interactive interpreter, fed on stdin
+    elif mode == "repl":  # the interactive interpreter, fed on stdin
         proc = helpers.run_python(["-i", "-q"], input=code, cwd=str(tmp_path), timeout=25)
+    else:
+        # IPython's shell: what a Jupyter notebook's kernel runs cells in.
+        # Its history is saved by a thread, with which start_method="fork" is
+        # (rightly) refused with UnsafeForkError; without it, fork works too.
+        proc = helpers.run_python(["-m", "IPython", "--quick", "--no-banner", "--colors=NoColor",
+                                   "--HistoryManager.enabled=False", "-c", code], cwd=str(tmp_path), timeout=25)
     lines = [line.strip() for line in proc.stdout.splitlines() if line.strip()]
     expected = [f"{m} {e}" for m in helpers.START_METHODS for e in EXPECTED] + ["END"]
     assert lines == expected, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-3000:]}"
-    if mode != "repl":  # the REPL exits 0 whatever happened; the output says it all
+    if mode not in ("repl", "ipython"):  # these exit 0 whatever happened; the output says it all
         assert proc.returncode == 0, proc.stderr[-3000:]
 
 
