@@ -11,8 +11,8 @@ The bench imports this module without importing any peer: the classes
 name their import module and distribution, and every library is imported
 inside the methods, in the sample's driver only.
 
->>> sorted(PEERS)[:3]
-['dask', 'joblib', 'loky']
+>>> SELECTABLE[:3]
+['sharkcage', 'stdlib-fork', 'stdlib-forkserver']
 >>> PEERS["stdlib-fork"]().label
 'multiprocessing.Pool (fork)'
 """
@@ -46,6 +46,9 @@ class Peer:
     dist = ""  # distribution name, for the version in the report
     workloads = ALL_WORKLOADS
     notes = ""
+    # crash_recovery waits at least this long for the error: a cluster's
+    # nanny or raylet takes seconds to notice a dead worker, not a hang.
+    crash_wait_min = 0.0
 
     def __init__(self, backend: str | None = None, address: str | None = None):
         self.backend = backend
@@ -146,6 +149,10 @@ class Sharkcage(Peer):
         if self.backend:
             return f"sharkcage.Pool (backend={self.backend})"
         return "sharkcage.Pool"
+
+    @property
+    def crash_wait_min(self):
+        return 10.0 if self.backend else 0.0
 
     def open(self):
         import sharkcage
@@ -446,6 +453,7 @@ class Dask(Peer):
     module = "distributed"
     dist = "distributed"
     notes = "tasks submitted with pure=False (else identical calls are merged); crash_recovery: allowed-failures=0"
+    crash_wait_min = 10.0
 
     def open(self):
         import dask
@@ -496,6 +504,7 @@ class Ray(Peer):
     module = dist = "ray"
     workloads = ALL_WORKLOADS | {"actor_roundtrip"}
     notes = "map/imap/cpu_50ms via ray.util.multiprocessing.Pool; tasks with max_retries=0"
+    crash_wait_min = 10.0
 
     def open(self):
         import os

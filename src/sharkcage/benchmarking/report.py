@@ -54,6 +54,8 @@ def summarize(samples: list[dict], peers: list[str], workloads: list[str],
     by_pair: dict[tuple[str, str], list[dict]] = collections.defaultdict(list)
     for s in samples:
         by_pair[(s["workload"], s["peer"])].append(s)
+    # Tables list the peers in the bench's order with the reference rows last.
+    peers = [p for p in peers if p != "baseline"] + [p for p in peers if p == "baseline"]
     rows = []
     for workload in workloads:
         spec = wl.WORKLOADS[workload]
@@ -205,7 +207,7 @@ def markdown(doc: dict) -> str:
         metric = wl.METRICS[key]
         workload = next(iter(cells.values()))["workload"]
         lines += [f"### {metric.title}", "",
-                  f"{descriptions[workload]}. Unit: {metric.unit}, {metric.better} is better.", "",
+                  f"{_sentence(descriptions[workload])} Unit: {metric.unit}, {metric.better} is better.", "",
                   "| peer | median | min–max | × sharkcage | samples | note |",
                   "|---|---:|---:|---:|---:|---|"]
         for peer, row in cells.items():
@@ -224,6 +226,10 @@ def markdown(doc: dict) -> str:
         lines += [f"- **{p['name']}**: {p['notes']}" for p in notes]
         lines.append("")
     return "\n".join(lines)
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
 def _md(text: str) -> str:
@@ -247,8 +253,9 @@ def chart(doc: dict, path: Path) -> str | None:
     ncols = 2 if len(keys) > 1 else 1
     nrows = (len(keys) + ncols - 1) // ncols
     npeers = max(len(v) for v in by_metric.values()) if keys else 1
+    # constrained layout keeps the suptitle clear of the panels' titles
     fig, axes = plt.subplots(nrows, ncols, figsize=(7 * ncols, 0.35 * npeers * nrows + 1.3 * nrows + 0.8),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for ax in axes.flat[len(keys):]:
         ax.set_visible(False)
     for ax, key in zip(axes.flat, keys):
@@ -277,7 +284,6 @@ def chart(doc: dict, path: Path) -> str | None:
     mode = "quick" if doc["quick"] else "full"
     load = (doc["environment"].get("loadavg") or [None])[0]
     fig.suptitle(f"sharkcage bench ({mode}, {doc['repeats']} repeat(s), load {load})", fontsize=11)
-    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None

@@ -113,14 +113,24 @@ def _is_tracker(p) -> bool:
 
 
 def _group_gone(pgid: int, wait: float) -> bool:
+    """Wait up to ``wait`` s for every process of the group to exit.
+
+    Zombies count as gone: orphans are reaped by PID 1, which on some
+    machines takes its time, and a zombie holds nothing but a pid.
+    """
+    import psutil
+
     deadline = time.monotonic() + wait
     while True:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
+        alive = []
+        for p in _group(pgid):
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.Error:
+                pass
+        if not alive:
             return True
-        except PermissionError:
-            return False
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
@@ -236,13 +246,13 @@ def run(plan: Plan, progress: Callable[[str], None] | None = None) -> list[dict]
             timeout = min(timeout, left)
         if plan.budget is not None and timeout < _MIN_SAMPLE:
             result = {"peer": peer, "workload": workload, "status": "skipped",
-                      "detail": f"time budget of {plan.budget:g} s used up"}
+                      "detail": f"time budget of {plan.budget:.0f} s used up"}
         else:
             load = _loadavg()
             result = run_sample(peer, workload, plan.params, timeout, plan.backend, plan.address)
             result["loadavg"] = load
             if capped and result["status"] == "hung":
-                result.update(status="skipped", detail=f"cut at the time budget of {plan.budget:g} s")
+                result.update(status="skipped", detail=f"cut at the time budget of {plan.budget:.0f} s")
         result["repeat"] = r
         samples.append(result)
         if progress:

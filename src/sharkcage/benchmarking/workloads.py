@@ -100,7 +100,7 @@ FULL = {
 MARKER = "SHARKCAGE-BENCH "  # prefix of the driver's one result line
 
 QUICK = {
-    "map_n": 20_000, "imap_n": 20_000, "submit_n": 2_000, "roundtrip_n": 300,
+    "map_n": 10_000, "imap_n": 10_000, "submit_n": 2_000, "roundtrip_n": 300,
     "pipe_n": 3_000, "crash_wait": 3.0, "cpu_n": 20, "cpu_ms": 50, "array_k": 1,
     "actor_n": 300,
 }
@@ -220,7 +220,7 @@ def measure_crash_recovery(peer, p: dict, tasks) -> dict:
     ``broken`` (the stdlib executor's).
     """
     _open_warm(peer, "submit")
-    wait = p["crash_wait"]
+    wait = max(p["crash_wait"], peer.crash_wait_min)
     # Concurrent sleepy probes, so that both workers' pids are seen.
     known = set(peer.run_many(tasks.pid_after, [0.05] * (2 * WORKERS), timeout=p["timeout"]))
     t0 = time.perf_counter()
