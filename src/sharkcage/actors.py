@@ -25,7 +25,7 @@ An actor takes a process of its own, *in addition to* the pool's
 from __future__ import annotations
 
 import concurrent.futures
-import inspect
+import types
 import warnings
 from typing import Any
 
@@ -45,7 +45,7 @@ def _call(name: str, args: tuple, kwargs: dict):
     """Runs in the actor's process: one method call on its object (an
     ``async def`` method runs to completion on the actor's own loop)."""
     value = getattr(worker_state(), name)(*args, **kwargs)
-    if inspect.iscoroutine(value):
+    if isinstance(value, types.CoroutineType):
         from sharkcage._engine.worker import _run_coroutine
 
         value = _run_coroutine(value)

@@ -13,8 +13,10 @@ error, and a pool that never hangs.
 from __future__ import annotations
 
 import weakref
-from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 from sharkcage._engine import batching, serialize
 from sharkcage._engine.worker import CALL, MAP, STARMAP

@@ -37,10 +37,8 @@ import logging
 import os
 import pickle
 import selectors
-import shutil
 import signal
 import socket
-import tempfile
 import threading
 import time
 import traceback
@@ -234,6 +232,8 @@ class Supervisor:
         self.shm_root = shm.pool_prefix()
         self.arena = shm.SegmentArena(self.shm_root + "p", threshold=config.shm_threshold)
         self.recorder.shm_source = self.arena
+        import tempfile  # here, not at import: it pulls in shutil, random, bz2...
+
         self._stack_dir = tempfile.mkdtemp(prefix="sharkcage-stacks-")
         self._slots_used: set[int] = set()
         self._warned: set = set()  # (pid, batch id, item) already reported by warn_after
@@ -1168,6 +1168,8 @@ class Supervisor:
                 os.close(fd)
             except OSError:
                 pass
+        import shutil
+
         shutil.rmtree(self._stack_dir, ignore_errors=True)
         shm.sweep(self.shm_root)  # the parent's arena, every worker's, the pool's shares
         if self._line_writer is not None:

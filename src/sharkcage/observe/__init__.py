@@ -13,8 +13,15 @@ and ``pool.timeline(path)``; each is also usable on its own.
 See ``docs/observe.md``.
 """
 
-from sharkcage.observe.progress import ProgressBar
-from sharkcage.observe.stats import PoolStats, WorkerStats
-from sharkcage.observe.timeline import render_timeline
-
 __all__ = ["ProgressBar", "PoolStats", "WorkerStats", "render_timeline"]
+
+_HOME = {"ProgressBar": "progress", "PoolStats": "stats", "WorkerStats": "stats", "render_timeline": "timeline"}
+
+
+def __getattr__(name: str):
+    # Lazy, so that creating a pool imports no timeline renderer or tqdm.
+    if name in _HOME:
+        import importlib
+
+        return getattr(importlib.import_module(f"sharkcage.observe.{_HOME[name]}"), name)
+    raise AttributeError(f"module 'sharkcage.observe' has no attribute {name!r}")
