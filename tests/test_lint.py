@@ -556,6 +556,14 @@ def test_sc007_seed_003_exceptions():
             self.msg, self.errno, self.sqlstate = msg, errno, sqlstate
             self.args = (self.errno, self.msg, self.sqlstate)   # HIT
 
+    class FitDataError(ValueError):                     # scipy
+        def __init__(self, distr, lower, upper):
+            self.args = (f"{distr} needs {lower} < x < {upper}",)   # HIT
+
+    class FitUniformFixedScaleDataError(FitDataError):  # scipy: a string, not a 1-tuple
+        def __init__(self, ptp, fscale):
+            self.args = (f"ptp = {ptp} and fscale = {fscale}")   # HIT
+
     class Coded(ValueError):
         def __init__(self, *, code):                    # HIT
             self.code = code
@@ -603,6 +611,15 @@ def test_sc007_near_misses():
     class NotAnError:
         def __init__(self, a, b):
             super().__init__()
+
+    class FitSolverError(Exception):          # scipy: one argument, rewritten but kept
+        def __init__(self, mesg):
+            emsg = "Solver failed: " + mesg
+            self.args = (emsg,)
+
+    class Opaque(Exception):
+        def __init__(self, a, b):
+            self.args = make_args(a, b)          # not a literal: unknown
     """
     assert hits(code, "SC007") == []
 

@@ -766,6 +766,22 @@ def _args_after_base(m: Model, cls: ast.ClassDef, base: ast.AST | None, scope: S
     return None
 
 
+def _args_rewrite_problem(value: ast.AST, params: list[str], me: str, n_required: int) -> str | None:
+    """What is wrong with ``self.args = value`` for an __init__ taking ``params``, or None."""
+    if isinstance(value, ast.JoinedStr) or (isinstance(value, ast.Constant) and isinstance(value.value, str)):
+        return "a string, which becomes a tuple of its characters"
+    if not isinstance(value, (ast.Tuple, ast.List)) or any(isinstance(e, ast.Starred) for e in value.elts):
+        return None  # not a literal: unknown
+    if len(value.elts) < n_required:
+        return f"{len(value.elts)} value(s) for {n_required} required argument(s), which fails"
+    for i, e in enumerate(value.elts):
+        name = e.id if isinstance(e, ast.Name) else (
+            e.attr if isinstance(e, ast.Attribute) and isinstance(e.value, ast.Name) and e.value.id == me else None)
+        if name in params and params.index(name) != i:
+            return f"`{name}` at position {i} while __init__ takes it at {params.index(name)}, which scrambles the fields"
+    return None
+
+
 def check_sc007(m: Model) -> Report:
     for scope in m.scopes():
         for cls in [d for d in scope.defs.values() if isinstance(d, ast.ClassDef)]:
@@ -787,14 +803,13 @@ def check_sc007(m: Model) -> Report:
                 continue
             assign = _args_assignment(init, me)
             if assign is not None:
-                value = assign.value
-                names = [e.id for e in value.elts] if isinstance(value, (ast.Tuple, ast.List)) and all(
-                    isinstance(e, ast.Name) for e in value.elts) else None
-                # self.args = (a, b) in __init__'s own order is the documented way to stay picklable
-                if names is None or names != [p.arg for p in params][: len(names)] or len(names) < len(required):
+                # self.args = (a, b) in __init__'s own order is the documented way to stay picklable;
+                # too few values fail, parameters in another order scramble the fields (mysql-connector)
+                why = _args_rewrite_problem(assign.value, [p.arg for p in params], me, len(required))
+                if why is not None:
                     yield assign, (
-                        f"exception `{cls.name}` rewrites self.args in __init__: unpickling calls "
-                        f"{cls.name}(*self.args), which then passes the wrong values (or too few)"
+                        f"exception `{cls.name}` rewrites self.args in __init__ with {why}: unpickling calls "
+                        f"{cls.name}(*self.args)"
                     )
                 continue
             if not required:
