@@ -41,6 +41,11 @@ def _error(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Lint ``args.paths`` and print the findings; 0 clean, 1 findings, 2 bad usage.
+
+    >>> run(argparse.Namespace(paths=["no/such/dir"], format="text", select=None, ignore=None))
+    2
+    """
     try:
         select, ignore = parse_codes(args.select), parse_codes(args.ignore)
     except ValueError as exc:
@@ -73,7 +78,12 @@ def format_text(findings: list[Finding]) -> str:
 
 
 def format_json(findings: list[Finding]) -> str:
-    """A JSON array of findings (``code, message, path, line, col, name, hint, fix``)."""
+    """A JSON array of findings (``code, message, path, line, col, name, hint, fix``).
+
+    >>> data = json.loads(format_json([Finding("SC010", "pool never closed", "a.py", 4, 5)]))
+    >>> data[0]["code"], data[0]["line"], data[0]["col"], sorted(data[0]["fix"])
+    ('SC010', 4, 5, ['sharkcage', 'stdlib'])
+    """
     return json.dumps([f.to_dict() for f in findings], indent=2, ensure_ascii=False) + "\n"
 
 
@@ -88,7 +98,14 @@ def _uri(path: str) -> tuple[str, str | None]:
 
 
 def format_sarif(findings: list[Finding]) -> str:
-    """SARIF 2.1.0, one run, every rule described, one result per finding."""
+    """SARIF 2.1.0, one run, every rule described, one result per finding.
+
+    >>> log = json.loads(format_sarif([Finding("SC001", "pool at import", "job.py", 3, 8)]))
+    >>> log["version"], log["runs"][0]["results"][0]["ruleId"]
+    ('2.1.0', 'SC001')
+    >>> log["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["region"]
+    {'startLine': 3, 'startColumn': 8}
+    """
     index = {code: i for i, code in enumerate(RULES)}
     rules = [
         {

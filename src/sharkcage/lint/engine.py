@@ -164,6 +164,14 @@ def iter_python_files(paths: Iterable[str | os.PathLike]) -> list[str]:
     skipping hidden folders, ``__pycache__``, virtualenvs and ``node_modules``).
 
     Raises FileNotFoundError for a path that does not exist.
+
+    >>> import pathlib, tempfile
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ("b.py", "a.py", "notes.txt", ".hidden/c.py", "__pycache__/d.py"):
+    ...     (d / name).parent.mkdir(exist_ok=True)
+    ...     _ = (d / name).write_text("")
+    >>> [pathlib.Path(p).name for p in iter_python_files([d, d / "notes.txt"])]
+    ['a.py', 'b.py', 'notes.txt']
     """
     out: list[str] = []
     seen: set[str] = set()

@@ -209,14 +209,6 @@ def is_main_test(test: ast.AST) -> str | None:
     return None
 
 
-def has_yield(fn: ast.AST) -> bool:
-    """Whether a function is a generator function (yield in its own body)."""
-    for node in walk_scope(fn.body):
-        if isinstance(node, (ast.Yield, ast.YieldFrom)):
-            return True
-    return False
-
-
 def walk_scope(body: list[ast.AST]) -> Iterator[ast.AST]:
     """Every node of these statements, not descending into nested functions, lambdas or classes."""
     stack = list(reversed(body))
@@ -486,13 +478,6 @@ class Model:
         if scope.kind == "function" and scope.parent is not None and scope.parent.kind == "class":
             return scope.parent
         return None
-
-    def top_function(self, scope: Scope) -> Scope | None:
-        """The module-level function (or class) a nested scope lives in."""
-        s = scope
-        while s.parent is not None and s.parent.kind != "module":
-            s = s.parent
-        return s if s.kind != "module" else None
 
     def runs_at_import(self, scope: Scope) -> bool:
         """Module and class bodies (not nested in functions) run when the module is imported."""
