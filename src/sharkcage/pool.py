@@ -351,6 +351,11 @@ class Pool:
 
         self._check_running()
         cfg = self._backend.config
+        if not hasattr(cfg, "context"):
+            raise ValueError(
+                "pool.actor() needs the local backend: this pool runs on a cluster; "
+                "create a local sharkcage.Pool for actors"
+            )
         proxy = ActorProxy(
             cls, args, kwargs, restart=restart, start_method=None, context=cfg.context,
             task_timeout=cfg.task_timeout, allow_unsafe_fork=cfg.allow_unsafe_fork,

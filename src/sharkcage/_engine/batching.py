@@ -108,7 +108,9 @@ class Feeder:
         avg = self.backend.avg_task_seconds()
         if avg is None:
             return
-        size = int(TARGET_CHUNK_SECONDS / max(avg, 1e-7))
+        # A backend whose every call is slower (a cluster) may ask for bigger chunks.
+        target = getattr(self.backend, "chunk_target_seconds", TARGET_CHUNK_SECONDS)
+        size = int(target / max(avg, 1e-7))
         self.chunksize = max(1, min(MAX_ADAPTIVE_CHUNK, size))
         self.limit = self._limit()
 

@@ -18,6 +18,8 @@ the supervisor thread.
 
 from __future__ import annotations
 
+import collections
+import copyreg
 import importlib
 import io
 import pickle
@@ -70,7 +72,7 @@ def dumps_data(obj: Any, arena=None, owned: bool = False, task: str = "", direct
     if arena is None or not arena.enabled:
         return dumps(obj)
     data = arena.dumps(obj, owned=owned, task=task, direction=direction)
-    if b"__main__" in data:
+    if b"__main__" in (data.head if isinstance(data, OutOfBand) else data):
         from sharkcage._engine import shm
 
         again = arena._dumps_cloudpickle(obj, owned, task, direction)
@@ -86,6 +88,8 @@ def loads_data(data, arena=None, consume: bool = True) -> Any:
     ``consume=True`` takes the segments over (unlinks their names);
     ``consume=False`` maps them copy-on-write and leaves them to the sender.
     """
+    if isinstance(data, OutOfBand):
+        return pickle.loads(data.head, buffers=data.buffers)
     if data[0] != 0:  # a pickle starts with PROTO (0x80); an envelope with NUL
         return pickle.loads(data)
     if arena is not None:
@@ -93,6 +97,75 @@ def loads_data(data, arena=None, consume: bool = True) -> Any:
     from sharkcage._engine import shm
 
     return shm.loads(data, consume=consume)
+
+
+class OutOfBand:
+    """A pickle whose big buffers travel beside it, not inside it.
+
+    For carriers that move buffers without copying them (Ray's object store,
+    Dask's frames): pickled with protocol 5 by such a carrier, ``buffers``
+    (PickleBuffer objects) go out of band there too, so an array crosses a
+    cluster with one copy each way instead of being pickled into the stream.
+    """
+
+    __slots__ = ("head", "buffers")
+
+    def __init__(self, head: bytes, buffers: list):
+        self.head = head
+        self.buffers = buffers
+
+    def __reduce__(self):
+        return (OutOfBand, (self.head, self.buffers))
+
+    def __len__(self) -> int:
+        return len(self.head) + sum(memoryview(b).nbytes for b in self.buffers)
+
+
+class BufferArena:
+    """The arena of a cluster backend: buffers of at least ``threshold``
+    bytes leave the pickle as :class:`OutOfBand` buffers (no shared memory:
+    the cluster's own transport carries them).
+
+    >>> import pickle
+    >>> arena = BufferArena(threshold=16)
+    >>> data = dumps_data(pickle.PickleBuffer(bytearray(64)), arena)
+    >>> isinstance(data, OutOfBand), bytes(loads_data(data)) == bytes(64)
+    (True, True)
+    """
+
+    enabled = True
+
+    def __init__(self, threshold: int = 1 << 20):
+        self.threshold = threshold
+        self.bytes_shared = 0
+        self.bytes_received = 0
+
+    def _dump(self, pickler_dumps, obj):
+        buffers: list = []
+
+        def keep_big(pb) -> bool:
+            if pb.raw().nbytes >= self.threshold:
+                buffers.append(pb)
+                return False  # out of band
+            return True
+
+        head = pickler_dumps(obj, PROTOCOL, buffer_callback=keep_big)
+        if not buffers:
+            return head
+        self.bytes_shared += sum(pb.raw().nbytes for pb in buffers)
+        return OutOfBand(head, buffers)
+
+    def dumps(self, obj: Any, *, owned: bool = False, task: str = "", direction: str = ""):
+        try:
+            return self._dump(pickle.dumps, obj)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            return self._dump(cloudpickle.dumps, obj)
+
+    def _dumps_cloudpickle(self, obj: Any, owned: bool, task: str, direction: str):
+        return self._dump(cloudpickle.dumps, obj)
+
+    def loads(self, data, *, consume: bool = True) -> Any:
+        return loads_data(data)
 
 
 def dumps_callable(fn: Any) -> bytes:
@@ -175,6 +248,31 @@ class _RemoteTraceback(Exception):
         return self.tb
 
 
+def _exception_dumps(obj: Any) -> bytes:
+    """Pickle an exception report with the exception classes' own reducers.
+
+    Some libraries register a copyreg reducer for every exception class
+    (tblib, installed in every Dask process, rebuilds them with
+    ``cls.__new__`` plus attribute copies): ``SystemExit(3)`` would lose its
+    code and seed 003's class would "round-trip" without its ``__init__``
+    ever being checked. Those reducers are left out here; any other
+    registered reducer still applies.
+    """
+    table = {cls: red for cls, red in copyreg.dispatch_table.items()
+             if not getattr(red, "__module__", "").startswith("tblib")}
+    buf = io.BytesIO()
+    try:
+        pickler = pickle.Pickler(buf, PROTOCOL)
+        pickler.dispatch_table = table
+        pickler.dump(obj)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        buf = io.BytesIO()
+        pickler = cloudpickle.Pickler(buf, PROTOCOL)
+        pickler.dispatch_table = collections.ChainMap(cloudpickle.Pickler.dispatch_table, table)
+        pickler.dump(obj)
+    return buf.getvalue()
+
+
 def pack_exception(exc: BaseException) -> bytes:
     """Worker side: the bytes that bring ``exc`` back to the parent.
 
@@ -189,7 +287,7 @@ def pack_exception(exc: BaseException) -> bytes:
         # Chained exceptions may hold unpicklable frames or objects; the
         # traceback text already tells their story.
         exc.__cause__ = exc.__context__ = None
-        data = dumps(("exc", exc, tb_text))
+        data = _exception_dumps(("exc", exc, tb_text))
         kind, back, _ = loads(data)
         if type(back) is type(exc):
             return data
@@ -197,7 +295,7 @@ def pack_exception(exc: BaseException) -> bytes:
         pass
     finally:
         exc.__cause__, exc.__context__ = cause, context
-    return dumps(("remote", describe_remote(exc), tb_text))
+    return _exception_dumps(("remote", describe_remote(exc), tb_text))
 
 
 def describe_remote(exc: BaseException) -> dict:

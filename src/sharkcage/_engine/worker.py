@@ -477,7 +477,8 @@ def _plain_caller(fn, kind: int):
     return lambda item: fn(*item[0], **item[1])
 
 
-def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, timed: bool = True, skip=None):
+def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, timed: bool = True, skip=None,
+              arena=None):
     """Run every item of a batch; the reply tuple for the parent.
 
     Shared by the local worker and the remote backends (Dask, Ray), so every
@@ -488,6 +489,8 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, tim
     """
     if slot is None:
         slot = Slot(bytearray(SLOT_BYTES))
+    if arena is None:
+        arena = _arena  # the local worker's shared-memory arena (None elsewhere)
     q, d = slot.q, slot.d
     if split:
         raw_items = payload  # per-item pickles: each unpickled in its own guard
@@ -559,7 +562,7 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, tim
         # per item, so such a failure lands on its own task.
         if all(type(r) in _SIMPLE for r in results):
             try:
-                return ("done", batch_id, serialize.dumps_data(results, _arena))
+                return ("done", batch_id, serialize.dumps_data(results, arena))
             except BaseException:  # noqa: BLE001 - find the culprit item by item
                 pass
         outcomes = [(OK, r) for r in results]
@@ -567,7 +570,7 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, tim
     for status, value in outcomes:
         if status == OK:
             try:
-                value = serialize.dumps_data(value, _arena)
+                value = serialize.dumps_data(value, arena)
             except BaseException as e:  # noqa: BLE001
                 status = BAD_RESULT
                 value = pickle.dumps((serialize.failing_type(value, e), serialize.describe_exception(e)))
