@@ -306,7 +306,7 @@ class Pool:
         >>> from sharkcage import Pool
         >>> with Pool(1) as pool:
         ...     h = pool.share(np.arange(10))
-        ...     pool.apply(np.sum, (h,))
+        ...     int(pool.apply(np.sum, (h,)))
         45
         """
         from sharkcage.shared import make_share
