@@ -207,3 +207,119 @@ def wait_gone(names, timeout: float) -> list[str]:
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
+
+
+# -- tasks for pools (tests/test_zero_copy_pool.py) ------------------------------
+
+
+def total(a) -> float:
+    return float(a.sum())
+
+
+def describe(x):
+    """What a task received: type, writability, and whether it owns its memory."""
+    import numpy as np
+
+    if isinstance(x, np.ndarray):
+        return ("ndarray", bool(x.flags.writeable), bool(x.flags.owndata), x.shape, float(x.sum()))
+    if isinstance(x, memoryview):
+        return ("memoryview", not x.readonly, None, x.shape, None)
+    return (type(x).__name__, None, None, len(x), None)
+
+
+def make_array(n: int, value: float):
+    import numpy as np
+
+    return np.full(n, value)
+
+
+def identity(x):
+    return x
+
+
+def scale_in_place(a, factor):
+    a *= factor  # the task's own copy: the parent must not see this
+    return float(a[0])
+
+
+def scribble_then_crash_once(a, marker: str):
+    """Write into the argument, then die the first time: a retry must see the original."""
+    seen = float(a[0])
+    a[0] = -1.0
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(3)
+    return seen
+
+
+class KillWhilePickled:
+    """Pickling it (as part of a result) SIGKILLs the worker: mid-transfer."""
+
+    def __reduce__(self):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(10)
+
+
+def die_while_returning(n: int):
+    import numpy as np
+
+    return [np.ones(n), KillWhilePickled()]
+
+
+def sleep_with(a, seconds: float):
+    time.sleep(seconds)
+    return float(a[0])
+
+
+def share_report(obj, _i):
+    """(pid, unpickles of the shared object in this process, id of what we got, readonly)."""
+    arrays = [v for v in obj.payload.values() if hasattr(v, "flags")]
+    return (os.getpid(), type(obj).loads_here, id(obj), all(not a.flags.writeable for a in arrays),
+            float(sum(a.sum() for a in arrays)))
+
+
+def worker_root_entries(root: str) -> list[str]:
+    return sorted(e for e in os.listdir(shm.SHM_DIR) if e.startswith(root))
+
+
+POOL_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path.insert(0, %(tests)r)
+    import numpy as np
+    import shm_helpers as sh
+    from sharkcage import Pool
+
+    big = np.ones(1 << 20)
+    with Pool(2) as pool:
+        handle = pool.share(np.arange(1 << 20))
+        results = [pool.apply_async(sh.sleep_with, (big, 30)) for _ in range(4)]
+        time.sleep(0.5)
+        print(pool._backend.shm_root, flush=True)
+        print(" ".join(sh.worker_root_entries(pool._backend.shm_root)), flush=True)
+        try:
+            for r in results:
+                r.get()
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            raise
+    """
+)
+
+
+def start_pool_script() -> tuple[subprocess.Popen, str, list[str]]:
+    """A separate program with a pool busy on big arguments; its pool root and entries."""
+    err = tempfile.TemporaryFile("w+")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen([sys.executable, "-c", POOL_SCRIPT % {"tests": tests}], stdout=subprocess.PIPE,
+                            stderr=err, text=True)
+    proc._sc_stderr = err
+    root = proc.stdout.readline().strip()
+    entries = proc.stdout.readline().split()
+    if not root:
+        proc.wait()
+        err.seek(0)
+        raise RuntimeError(f"the pool program failed:\n{err.read()}")
+    return proc, root, entries

@@ -271,6 +271,17 @@ def test_mapping_lives_as_long_as_the_objects(arena):
     assert not _mapped(names[1])
 
 
+def test_received_arrays_hold_no_file_descriptors(arena):
+    """Thousands of live received arrays must not use thousands of fds (ulimit -n is often 1024)."""
+    before = len(os.listdir("/proc/self/fd"))
+    data = arena.dumps([np.full(THRESHOLD // 8, float(i)) for i in range(300)]
+                       + [memoryview(bytearray(THRESHOLD)) for _ in range(20)])
+    got = shm.loads(data)
+    assert len(shm.segment_names(data)) == 320
+    assert len(os.listdir("/proc/self/fd")) <= before + 1
+    assert got[299][0] == 299.0 and got[-1].nbytes == THRESHOLD
+
+
 def test_stream_segments_are_unmapped_after_loading(arena):
     data = arena.dumps([b"b" * THRESHOLD, "s" * THRESHOLD])
     names = shm.segment_names(data)

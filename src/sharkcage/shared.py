@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import fcntl
 import itertools
-import mmap
 import os
 import pickle
 import struct
+import sys
 import threading
 import time
 import weakref
@@ -67,13 +67,13 @@ class _Segment:
     for that file closes, so there must never be two.
     """
 
-    __slots__ = ("name", "size", "fd", "mm", "addr", "owner", "tlock", "__weakref__")
+    __slots__ = ("name", "size", "fd", "buf", "addr", "owner", "tlock", "__weakref__")
 
     def __init__(self, name: str, fd: int, size: int, owner: bool):
         self.name = name
         self.size = size
         self.fd = fd
-        self.mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        self.buf = shm.map_buffer(fd, size)  # keeps no second fd (numpy is there for SharedArray)
         self.owner = owner
         self.tlock = threading.Lock()
         self.addr = None  # base address of the mapping, found when first needed
@@ -83,7 +83,7 @@ class _Segment:
         if self.addr is None:
             import numpy as np
 
-            self.addr = np.frombuffer(self.mm, dtype=np.uint8).__array_interface__["data"][0]
+            self.addr = np.frombuffer(self.buf, dtype=np.uint8).__array_interface__["data"][0]
         return self.addr
 
     @property
@@ -329,7 +329,7 @@ def _build_shared_array_class():
                 raise ValueError(f"negative dimensions are not allowed: {shape}")
             nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
             seg = _create_segment(max(nbytes, 1), "arr")
-            arr = np.ndarray.__new__(cls, shape, dtype, buffer=seg.mm, order=order)
+            arr = np.ndarray.__new__(cls, shape, dtype, buffer=seg.buf, order=order)
             arr._sc_segment = seg
             return arr
 
@@ -349,7 +349,7 @@ def _build_shared_array_class():
         def _segment_or_none(self):
             """The segment, if this array's memory lies inside it."""
             seg = getattr(self, "_sc_segment", None)
-            if seg is None or seg.mm.closed:
+            if seg is None:
                 return None
             lo = hi = self.__array_interface__["data"][0]
             if self.size:
@@ -435,7 +435,7 @@ def _attach_array(name: str, size: int, dtype, shape, strides, offset: int):
 
     cls = _shared_array_cls()
     seg = _attach_segment(name, size, "SharedArray")
-    arr = np.ndarray.__new__(cls, shape, dtype, buffer=seg.mm, offset=offset, strides=strides)
+    arr = np.ndarray.__new__(cls, shape, dtype, buffer=seg.buf, offset=offset, strides=strides)
     arr._sc_segment = seg
     return arr
 
@@ -675,10 +675,19 @@ def _load_share(name: str, size: int) -> Any:
             "before this process resolved it. Keep the handle until the tasks that use it are done"
         ) from None
     try:
-        mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        head = os.pread(fd, _SHARE_HEAD.size, 0)
+        if len(head) == _SHARE_HEAD.size and _SHARE_HEAD.unpack(head)[0] == _SHARE_MAGIC:
+            _stream_off, _stream_len, layout = pickle.loads(os.pread(fd, _SHARE_HEAD.unpack(head)[1], _SHARE_HEAD.size))
+            if layout and "numpy" not in sys.modules:
+                # Buffers are numpy arrays as a rule: importing it now lets the
+                # mapping keep no file descriptor (see shm.map_buffer).
+                try:
+                    import numpy  # noqa: F401
+                except ImportError:
+                    pass
+        view = shm.map_buffer(fd, size, readonly=True)
     finally:
         os.close(fd)
-    view = memoryview(mm)
     magic, meta_len = _SHARE_HEAD.unpack_from(view, 0)
     if magic != _SHARE_MAGIC:
         raise ValueError(f"{name!r} is not a sharkcage share")

@@ -66,6 +66,7 @@ import pickle
 import struct
 import sys
 import threading
+import weakref
 from typing import Any, Iterable
 
 from sharkcage.errors import SerializationError
@@ -80,6 +81,7 @@ __all__ = [
     "pool_prefix",
     "available",
     "shm_free_bytes",
+    "map_buffer",
     "SHM_DIR",
     "DEFAULT_THRESHOLD",
 ]
@@ -400,6 +402,7 @@ class _Dumper:
         self.oob: list[int] = []  # segment index of each out-of-band buffer, in order
         self.markers: dict[int, int] = {}  # id(marker PickleBuffer) -> segment index
         self.keep: list = []  # markers stay alive until the message is written
+        self.has_arrays = False  # tells the receiver to import numpy before mapping
         self.task = self.direction = ""
 
     # -- dispatch -------------------------------------------------------
@@ -432,6 +435,7 @@ class _Dumper:
         if a.nbytes < self.arena.threshold or a.dtype.hasobject:
             return a.__reduce_ex__(PROTOCOL)
         order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+        self.has_arrays = True
         if a.flags.c_contiguous or a.flags.f_contiguous:
             index = self._store(a.nbytes, "ndarray", (a.ravel(order="K").view("u1"),))
         else:
@@ -504,13 +508,14 @@ class _Dumper:
                     pieces.append(_nbytes(chunk))
         names = [s.name for s in self.segments]
         sizes = [s.size for s in self.segments]
-        header = pickle.dumps((1, _tracker_token(), names, sizes, pieces, self.oob), PROTOCOL)
+        header = pickle.dumps((1, _tracker_token(), names, sizes, pieces, self.oob, self.has_arrays), PROTOCOL)
         return b"".join([MAGIC, _HEADER_LEN.pack(len(header)), header, *inline])
 
     def reset(self) -> None:
         self.chunks.clear()
         self.pickler.clear_memo()
         if self.segments or self.keep:
+            self.has_arrays = False
             self.segments = []
             self.oob = []
             self.markers.clear()
@@ -810,7 +815,9 @@ def _loads(data, consume: bool, task: str, direction: str):
     parsed = _parse(data)
     if parsed is None:
         return pickle.loads(data), 0
-    (_version, token, names, sizes, pieces, oob), body = parsed
+    (_version, token, names, sizes, pieces, oob, has_arrays), body = parsed
+    if has_arrays:
+        import numpy  # noqa: F401 - needed to rebuild them; lets map_buffer keep no fd
     untrack = consume and token is not None and token == _tracker_token()
     stream_segments = {-p - 1 for p in pieces if p < 0}
     maps: list = [None] * len(names)
@@ -818,7 +825,7 @@ def _loads(data, consume: bool, task: str, direction: str):
     try:
         for i, (name, size) in enumerate(zip(names, sizes)):
             try:
-                maps[i] = _attach(name, size, consume, populate=i in stream_segments)
+                maps[i] = _attach(name, size, consume, stream=i in stream_segments)
             except FileNotFoundError:
                 missing.append(name)
                 continue
@@ -830,7 +837,7 @@ def _loads(data, consume: bool, task: str, direction: str):
                 f"(unpickling) shared-memory segment(s) {', '.join(missing)} are gone: "
                 "their sender unlinked them (cancelled or cleaned up) or they were already consumed",
             )
-        buffers = [memoryview(maps[i]) for i in oob]
+        buffers = [maps[i] for i in oob]
         view = memoryview(data)
         if not stream_segments:
             obj = pickle.loads(view[body:], buffers=buffers)
@@ -862,20 +869,84 @@ def _loads(data, consume: bool, task: str, direction: str):
     return obj, sum(sizes)
 
 
-def _attach(name: str, size: int, shared: bool, populate: bool) -> mmap.mmap:
+def _attach(name: str, size: int, shared: bool, stream: bool):
+    """Map one received segment: an mmap object for a stream piece (closed
+    right after loading), a self-unmapping buffer for an out-of-band one."""
     fd = os.open(_path(name), os.O_RDWR | os.O_CLOEXEC)
     try:
         actual = os.fstat(fd).st_size
         if actual < size:  # mapping past the end would SIGBUS on first touch
             raise SerializationError("data", "this message", "shared memory",
                                      f"(unpickling) shared-memory segment {name} holds {actual} bytes, expected {size}")
-        if shared:
-            flags = mmap.MAP_SHARED | (getattr(mmap, "MAP_POPULATE", 0) if populate else 0)
-            return mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        # Copy-on-write: the segment stays as its sender wrote it.
-        return mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        if stream:  # read once, in full: map it all up front
+            flags = (mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)) if shared else mmap.MAP_PRIVATE
+            return mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ)
+        # Private (copy-on-write) when the sender keeps the segment: it stays
+        # as written, for whoever loads the message next.
+        return map_buffer(fd, size, private=not shared)
     finally:
         os.close(fd)
+
+
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.mmap.restype = ctypes.c_void_p
+            libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                  ctypes.c_long]
+            libc.munmap.restype = ctypes.c_int
+            libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+            _LIBC = libc
+        except Exception:  # noqa: BLE001 - no libc mmap: the mmap module will do
+            _LIBC = False
+    return _LIBC or None
+
+
+class _Mapping:
+    """Owns one mapped region; numpy arrays over it keep it alive (their base)."""
+
+    __slots__ = ("__array_interface__", "__weakref__")
+
+    def __init__(self, addr: int, size: int, readonly: bool):
+        self.__array_interface__ = {"data": (addr, readonly), "shape": (size,), "typestr": "|u1", "version": 3}
+        fin = weakref.finalize(self, _munmap, addr, size)
+        fin.atexit = False  # at exit the OS unmaps; objects may still use it during teardown
+
+
+def _munmap(addr: int, size: int) -> None:
+    _libc().munmap(addr, size)
+
+
+def map_buffer(fd: int, size: int, *, private: bool = False, readonly: bool = False):
+    """Map ``size`` bytes of ``fd``: a memoryview that unmaps itself when its last user goes.
+
+    The ``mmap`` module keeps a duplicate of the file descriptor for every
+    mapping (until Python 3.13's ``trackfd``), so a process holding thousands
+    of received arrays would run out of descriptors. With numpy loaded the
+    region is mapped through libc and owned by a small object instead; views
+    (numpy arrays, memoryviews, casts) keep that owner alive. Without numpy,
+    the ``mmap`` module it is.
+    """
+    prot = mmap.PROT_READ | (0 if readonly else mmap.PROT_WRITE)
+    flags = mmap.MAP_PRIVATE if private else mmap.MAP_SHARED
+    np = sys.modules.get("numpy")
+    libc = _libc() if np is not None else None
+    if libc is None:
+        return memoryview(mmap.mmap(fd, size, flags=flags, prot=prot))
+    addr = libc.mmap(None, size, prot, flags, fd, 0)
+    if addr is None or addr == (1 << (8 * struct.calcsize("P"))) - 1:  # MAP_FAILED
+        import ctypes
+
+        err = ctypes.get_errno()
+        raise OSError(err, f"mmap of {size} bytes failed: {os.strerror(err)}")
+    return memoryview(np.asarray(_Mapping(addr, size, readonly)))
 
 
 class _Stream:
