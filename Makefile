@@ -10,18 +10,24 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# Editable installs import from src/: compile it once, so imports stay fast
+# even where PYTHONDONTWRITEBYTECODE is set.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m compileall -q src
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m compileall -q src
 	touch $@
 
 demo: $(VENV)/.installed
+	$(BIN)/python -m compileall -q src
 	$(BIN)/sharkcage tank
 
 test: $(VENV)/.installed-dev
+	$(BIN)/python -m compileall -q src
 	$(BIN)/python -m pytest
 
 test-all: $(VENV)/.installed-dev

@@ -12,14 +12,13 @@ import collections
 import threading
 import time
 
-from sharkcage.observe.stats import PoolStats, WorkerStats
 
 MAX_EVENTS = 100_000  # timeline bars kept (the oldest are dropped first)
 _RSS_EVERY = 1.0  # seconds between RSS samples of one worker
 
 
 class _Slot:
-    __slots__ = ("pid", "tasks", "busy", "crashes", "restarts", "peak_rss", "born", "lived", "proc", "rss_at")
+    __slots__ = ("pid", "tasks", "busy", "crashes", "restarts", "peak_rss", "born", "lived", "rss_at")
 
     def __init__(self):
         self.pid = None
@@ -30,7 +29,6 @@ class _Slot:
         self.peak_rss = None
         self.born = None  # monotonic start of the current process
         self.lived = 0.0  # seconds lived by the slot's earlier processes
-        self.proc = None  # psutil.Process of the current pid, for RSS
         self.rss_at = 0.0
 
 
@@ -65,7 +63,6 @@ class Recorder:
             s = self._slot(slot_id)
             s.pid = pid
             s.born = time.monotonic()
-            s.proc = None
             if replacement:
                 s.restarts += 1
                 self.restarts += 1
@@ -113,19 +110,16 @@ class Recorder:
             self.failed += n
 
     def _sample_rss(self, s: _Slot) -> None:
-        try:
-            if s.proc is None or s.proc.pid != s.pid:
-                import psutil
-
-                s.proc = psutil.Process(s.pid)
-            rss = s.proc.memory_info().rss
-        except Exception:  # gone, or no permission: keep what we saw
+        rss = rss_of(s.pid)
+        if rss is None:  # gone, or no permission: keep what we saw
             return
         if s.peak_rss is None or rss > s.peak_rss:
             s.peak_rss = rss
 
     # -- caller side -----------------------------------------------------------
-    def stats(self) -> PoolStats:
+    def stats(self):
+        from sharkcage.observe.stats import PoolStats, WorkerStats  # only when asked: dataclasses is slow to import
+
         now = time.monotonic()
         with self._lock:
             workers = []
@@ -160,6 +154,34 @@ class Recorder:
             {"worker": w, "pid": pid, "label": label, "start": start, "end": end, "outcome": outcome, "detail": detail}
             for (w, pid, label, start, end, outcome, detail) in rows
         ]
+
+
+_PAGE = None
+
+
+def rss_of(pid: int) -> int | None:
+    """Resident bytes of ``pid``: one read of /proc (psutil elsewhere).
+
+    This runs on the supervisor thread, so it must be cheap: importing psutil
+    there would stall the first delivery by tens of milliseconds.
+    """
+    global _PAGE
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+        if _PAGE is None:
+            import os
+
+            _PAGE = os.sysconf("SC_PAGE_SIZE")
+        return pages * _PAGE
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss
+    except Exception:
+        return None
 
 
 def batch_label(batch) -> str:

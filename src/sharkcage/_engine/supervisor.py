@@ -253,6 +253,7 @@ class Supervisor:
         )
         _read_oom_baseline()
         self._term_deadline = 0.0
+        self._to_start: list[int] = []
         self.done = threading.Event()
         self._thread = start.mark_own_thread(
             threading.Thread(target=self._run, name=f"sharkcage-supervisor-{config.name}", daemon=True)
@@ -384,8 +385,9 @@ class Supervisor:
 
     def _run(self) -> None:
         try:
-            for slot_id in range(self.config.processes):
-                self._start_worker(slot_id)
+            # Workers start one per loop turn, so the first task goes to the
+            # first worker while the others are still being started.
+            self._to_start = list(range(self.config.processes))
             while not self._loop_once():
                 pass
         except BaseException as e:  # noqa: BLE001 - never leave a waiter hanging
@@ -398,6 +400,8 @@ class Supervisor:
 
     def _loop_once(self) -> bool:
         timeout = self._next_timeout()
+        if self._to_start:
+            timeout = 0
         events = self.selector.select(timeout)
         began = time.perf_counter()
         for key, mask in events:
@@ -424,6 +428,8 @@ class Supervisor:
                 self._forward_output(*w)
         self._take_commands()
         self._check_deadlines()
+        if self._to_start and self.state in ("running", "closing") and self.broken is None:
+            self._start_worker(self._to_start.pop(0))
         if self.state in ("running", "closing") and self.broken is None:
             self._dispatch()
         self._maybe_retire_idle()

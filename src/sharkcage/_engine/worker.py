@@ -47,7 +47,6 @@ import threading
 import time
 import traceback
 from collections import deque
-from dataclasses import dataclass
 
 from sharkcage._engine import serialize
 from sharkcage._engine.channel import ChannelClosed, WorkerEnd
@@ -81,18 +80,31 @@ _SIMPLE = frozenset({int, float, str, bytes, bool, type(None), complex})
 ITEM_UNPICKLING, ITEM_PICKLING = -1, -2
 
 
-@dataclass
 class WorkerInfo:
-    """What a task can learn about the worker running it.
+    """What a task can learn about the worker running it: ``worker_id`` (a
+    stable small slot number), ``pid``, ``tasks_done``.
 
     >>> from sharkcage import worker_info
     >>> worker_info() is None   # outside a worker
     True
+    >>> WorkerInfo(worker_id=0, pid=42, tasks_done=3)
+    WorkerInfo(worker_id=0, pid=42, tasks_done=3)
     """
 
-    worker_id: int
-    pid: int
-    tasks_done: int
+    __slots__ = ("worker_id", "pid", "tasks_done")
+
+    def __init__(self, worker_id: int, pid: int, tasks_done: int):
+        self.worker_id = worker_id
+        self.pid = pid
+        self.tasks_done = tasks_done
+
+    def __repr__(self) -> str:
+        return f"WorkerInfo(worker_id={self.worker_id}, pid={self.pid}, tasks_done={self.tasks_done})"
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, WorkerInfo):
+            return NotImplemented
+        return (self.worker_id, self.pid, self.tasks_done) == (other.worker_id, other.pid, other.tasks_done)
 
 
 _state = None
