@@ -782,10 +782,11 @@ class Supervisor:
     # Dispatch
 
     def _depth(self) -> int:
-        # Keep a second batch queued in the worker when tasks are short, so
-        # it never waits on the parent; long tasks get one at a time, so no
-        # task waits behind a long one while another worker is idle.
-        return 2 if self._avg_task < 0.005 else 1
+        # Keep a second batch queued in the worker when tasks are known to be
+        # short, so it never waits on the parent; long tasks — and tasks of
+        # unknown length, before the first has finished — go one at a time,
+        # so no task waits behind a long one while another worker is idle.
+        return 2 if self._task_samples and self._avg_task < 0.005 else 1
 
     def _dispatch(self) -> None:
         if not self.pending:
@@ -807,7 +808,8 @@ class Supervisor:
                     # A worker that retires after N batches must not hold
                     # more than it will run.
                     continue
-                batch = self._take_batch(len(ready))
+                # the fair share counts every slot, also the workers still starting
+                batch = self._take_batch(max(len(ready), self.config.processes))
                 if batch is None:
                     continue
                 self._send_batch(w, batch)
@@ -826,8 +828,9 @@ class Supervisor:
                     if not live:
                         continue
                     b = self._subset(b, live)
-            # Coalesce single-task submits into one message, up to a fair share.
-            if b.split and len(b) == 1 and pending:
+            # Coalesce single-task submits of known-tiny tasks into one
+            # message, up to a fair share of what is pending.
+            if b.split and len(b) == 1 and pending and self._task_samples and self._avg_task < 0.001:
                 share = max(1, min(64, len(pending) // max(1, n_workers)))
                 merged = [b]
                 while pending and len(merged) < share:
