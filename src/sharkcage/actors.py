@@ -120,7 +120,8 @@ class ActorProxy:
             raise AttributeError(name)
         if name not in self._methods:
             raise AttributeError(f"{self._cls_name} has no method {name!r}")
-        return ActorMethod(self, name)
+        method = self.__dict__[name] = ActorMethod(self, name)  # found directly next time
+        return method
 
     def _submit(self, name: str, args: tuple, kwargs: dict) -> AwaitableFuture:
         if self._closed:
