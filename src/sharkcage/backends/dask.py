@@ -16,25 +16,31 @@ supervisor does)::
     cancel(job) ---------+--> events queue
     close()/terminate() -+        |
                                   v
-                 pending batches -> at most 2 x cluster slots in flight:
+                 pending batches -> 2 per cluster slot in flight (16 when
+                   batches are short), single submits merged into one call:
                    one remote call per batch ----------------------------> remote_run(...)
                    (the function's bytes inline when small, else             loads the function once per
-                    a cluster-side object made once per pool)                process (LRU cache), runs the
-                                                                             initializer once, then
+                    a cluster-side object made once per pool; big            process (LRU cache), runs the
+                    pickles as zero-copy buffers, scattered on Dask)         initializer once, then
                                                                              worker.run_batch(...)
-                 "outcome" <- a collector thread gathers finished  <------  (reply, log records)
+                 "outcome" <- a collector thread gathers finished  <------  (reply, log records, stats)
                    futures (so a slow transfer never stalls dispatch)
                    log records -> the parent's handlers, then
                    replies.settle(...) -> Job.deliver(index, ok, value)
                  worker lost (KilledWorker) -> the batch's items rerun one
-                   by one; a single item that kills its workers again is
-                   that task's WorkerCrashedError (after ``retries``)
+                   by one; a single item that gets KilledWorker reruns alone
+                   (nothing else of the pool in flight), and only if it kills
+                   its workers again is it that task's WorkerCrashedError
+                   (after ``retries``): Dask also blames tasks merely queued
+                   on a dying worker, and those must not fail
 
 Errors map onto the local engine's classes: the reply is the one
 ``worker.run_batch`` builds for a local worker, decoded by the same
 ``replies.settle``. What Dask cannot do is refused up front:
 ``task_timeout`` (Dask cannot stop a running task), ``maxtasksperchild``,
-``max_memory_per_worker``, ``finalizer``, start methods. See docs/backends.md.
+``max_memory_per_worker``, ``finalizer``, start methods. Cancelling a
+running task settles it as cancelled at once; the call itself finishes on
+its worker thread. See docs/backends.md for every guarantee per backend.
 
 The engine-neutral part (:class:`ClusterBackend`, the worker-side
 :func:`remote_run`) lives here too; ``ray.py`` builds on it.
@@ -61,7 +67,7 @@ from typing import Any, Callable
 from sharkcage._engine import replies, serialize, start
 from sharkcage._engine import worker as worker_mod
 from sharkcage._engine.jobs import CallbackRunner, Job
-from sharkcage._engine.recorder import Recorder, batch_label
+from sharkcage._engine.recorder import Recorder
 from sharkcage._engine.supervisor import Batch, _parent_log_level
 from sharkcage.errors import (
     SharkcageError,
@@ -74,8 +80,11 @@ log = logging.getLogger("sharkcage")
 
 _INLINE_LIMIT = 64 * 1024  # bytes of a pickled function sent with every batch; bigger ones once per worker
 _DEPTH = 2  # batches in flight per cluster slot, so a worker never waits for the parent
+_SHORT_DEPTH = 16  # ... when batches are short: enough to cover a remote call's latency
+_SHORT_BATCH = 0.01  # seconds: a batch shorter than this is "short"
 _REFRESH = 5.0  # seconds between re-reading the cluster's size (clusters grow and shrink)
 _MAX_COALESCE = 64  # single-task submits merged into one remote call at most
+_SCATTER_BYTES = 1 << 20  # Dask: payloads from this size are scattered to a worker, not sent in the task
 
 _live: "weakref.WeakSet[ClusterBackend]" = weakref.WeakSet()
 
@@ -88,7 +97,7 @@ class ClusterConfig:
     """What the facades read from a backend (``processes``, ``name``, ...)."""
 
     def __init__(self, engine: str, processes: int, fixed: bool, *, task_timeout=None, retries=0,
-                 initializer=None, initargs=(), name: str = "pool"):
+                 initializer=None, initargs=(), name: str = "pool", record: bool = True):
         self.engine = engine
         self.processes = processes  # cluster slots at creation (the facades size chunks by it)
         self.fixed = fixed  # the user chose ``processes``: never use more slots than that
@@ -97,15 +106,34 @@ class ClusterConfig:
         self.initializer = initializer
         self.initargs = tuple(initargs)
         self.name = name
+        self.record = record  # False: pool-wide counts only, no timeline (Pool(record=False))
 
 
 _counter = 0
 _counter_lock = threading.Lock()
 
 
+def _facade_default(name: str):
+    """The default of option ``name`` in the facades' signatures (a marker if none)."""
+    import inspect
+
+    from sharkcage.executor import ProcessPoolExecutor
+    from sharkcage.pool import Pool
+
+    for cls in (Pool, ProcessPoolExecutor):
+        param = inspect.signature(cls.__init__).parameters.get(name)
+        if param is not None and param.default is not inspect.Parameter.empty:
+            return param.default
+    return _NO_DEFAULT
+
+
+_NO_DEFAULT = object()
+
+
 def check_options(engine: str, *, processes=None, initializer=None, initargs=(), finalizer=None,
                   maxtasksperchild=None, context=None, start_method=None, task_timeout=None,
                   max_memory_per_worker=None, retries=0, allow_unsafe_fork=False, warn_after=None,
+                  label_output=False, record=True, shm_threshold=None,
                   timeout_supported: bool, **other) -> ClusterConfig:
     """Validate the pool's options for a cluster; refuse what the engine cannot honour.
 
@@ -139,9 +167,16 @@ def check_options(engine: str, *, processes=None, initializer=None, initargs=(),
                                    + ("the Dask dashboard's call stacks show it" if engine == "dask"
                                       else "`ray stack` on the worker's node shows it")),
     ]
-    # Options a newer facade passes that this backend does not know: loud
-    # when used, harmless when left at their defaults.
-    refused += [(k, v, "not available on cluster backends") for k, v in other.items() if v not in (None, False, 0)]
+    if label_output:
+        refused.append(("label_output", label_output, f"{engine} collects its workers' output itself"
+                        + (" (the worker logs)" if engine == "dask" else " (log_to_driver=True in ray.init)")))
+    if shm_threshold is not None and shm_threshold != _facade_default("shm_threshold"):
+        refused.append(("shm_threshold", shm_threshold, f"data travels through {engine}'s own transport, "
+                                                        "not this machine's shared memory"))
+    # An option a newer facade passes that this backend does not know yet:
+    # harmless at the facades' default, refused (loudly) otherwise.
+    refused += [(k, v, "this backend does not know the option yet") for k, v in other.items()
+                if v is not None and v != _facade_default(k)]
     for name, value, why in refused:
         if value is not None:
             raise ValueError(f"{name}={value!r} is not supported with backend={engine!r}: {why}")
@@ -159,7 +194,8 @@ def check_options(engine: str, *, processes=None, initializer=None, initargs=(),
         _counter += 1
         name = f"{engine}{_counter}"
     return ClusterConfig(engine, processes or 1, processes is not None, task_timeout=task_timeout,
-                         retries=int(retries), initializer=initializer, initargs=initargs, name=name)
+                         retries=int(retries), initializer=initializer, initargs=initargs, name=name,
+                         record=bool(record))
 
 
 # ----------------------------------------------------------------------------
@@ -250,8 +286,24 @@ def _capture_logs(level: int) -> _Capture:
     return handler
 
 
+def _allow_children() -> None:
+    """Let a task create a pool of its own (nested pools), as local workers do.
+
+    Dask starts its worker processes as daemonic ``multiprocessing``
+    children, and multiprocessing refuses children of a daemonic process.
+    The flag only guards that refusal (the nanny, not this flag, ends the
+    worker), so clearing it in the worker changes nothing else.
+    """
+    import multiprocessing.process as mpp
+
+    config = mpp.current_process()._config
+    if config.get("daemon"):
+        config["daemon"] = False
+
+
 def _prepare(batch_id, token, init, fn_key, fn_data):
     """The task's function (initializer run first); or the reply that fails the batch."""
+    _allow_children()
     if init is not None:
         try:
             _remote_state(token, *init)
@@ -262,6 +314,75 @@ def _prepare(batch_id, token, init, fn_key, fn_data):
         return _remote_function(fn_key, fn_data), None
     except BaseException as e:  # noqa: BLE001
         return None, ("fn_failed", batch_id, serialize.pack_exception(e))
+
+
+_OOB_BYTES = 1 << 20  # pickles from this size travel out-of-band through the engine's transport
+
+
+def _carrier(how: str):
+    """How big pickles cross the engine: wrapped so its transport moves them
+    without copying them into a message (they arrive as some buffer, which
+    ``pickle.loads`` reads as it is).
+
+    * ``"pickle5"`` (Ray): a ``PickleBuffer``, taken out-of-band by Ray's
+      protocol-5 serializer into the object store.
+    * ``"numpy"`` (Dask): a zero-copy ``uint8`` array view, which Dask sends
+      as raw frames (its scheduler links pickle at protocol 4, so a
+      PickleBuffer cannot cross them, and ``bytes`` move several times slower).
+    """
+    if how == "pickle5":
+        return pickle.PickleBuffer
+    if how == "numpy":
+        try:
+            import numpy
+        except ImportError:
+            return None
+        return lambda b: numpy.frombuffer(b, dtype=numpy.uint8)
+    return None
+
+
+def oob(data, how: str | None):
+    """``data`` (a pickle, or a list of them) with its big pickles wrapped by ``_carrier(how)``."""
+    wrap = _carrier(how) if how else None
+    if wrap is None:
+        return data
+    if isinstance(data, bytes):
+        return wrap(data) if len(data) >= _OOB_BYTES else data
+    if isinstance(data, list) and any(isinstance(d, bytes) and len(d) >= _OOB_BYTES for d in data):
+        return [wrap(d) if isinstance(d, bytes) and len(d) >= _OOB_BYTES else d for d in data]
+    return data
+
+
+def as_view(data):
+    """What ``oob`` sent, as something ``pickle.loads`` and a byte check read
+    (Ray delivers its own buffer type)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return data
+    if isinstance(data, list):
+        return [as_view(d) for d in data]
+    return memoryview(data)
+
+
+def reply_views(reply):
+    """``as_view`` over the pickles of a reply that crossed the engine."""
+    tag = reply[0]
+    if tag == "done":
+        return (tag, reply[1], as_view(reply[2])) + tuple(reply[3:])
+    if tag == "mixed":
+        return (tag, reply[1], [(status, as_view(p)) for status, p in reply[2]]) + tuple(reply[3:])
+    return reply
+
+
+def oob_reply(reply, how: str | None):
+    """``oob`` over the pickles of a worker's reply tuple."""
+    tag = reply[0]
+    if not how:
+        return reply
+    if tag == "done":
+        return (tag, reply[1], oob(reply[2], how)) + tuple(reply[3:])
+    if tag == "mixed" and any(isinstance(p, bytes) and len(p) >= _OOB_BYTES for _s, p in reply[2]):
+        return (tag, reply[1], [(status, oob(p, how)) for status, p in reply[2]]) + tuple(reply[3:])
+    return reply
 
 
 def _rss() -> int | None:
@@ -278,6 +399,7 @@ _HOST = socket.gethostname()
 _plain_lock = threading.Lock()
 _plain_depth = 0
 _plain_hidden: dict = {}
+_tblib_scanned: tuple = (-1, [])  # (size of copyreg's table when scanned, tblib's exception classes)
 
 
 class _PlainExceptionPickling:
@@ -293,19 +415,25 @@ class _PlainExceptionPickling:
     """
 
     def __enter__(self):
-        global _plain_depth
+        global _plain_depth, _tblib_scanned
         with _plain_lock:
             if _plain_depth == 0:
                 import copyreg
 
-                for cls, reducer in list(copyreg.dispatch_table.items()):
-                    if (isinstance(cls, type) and issubclass(cls, BaseException)
-                            and getattr(reducer, "__module__", "").startswith("tblib")):
-                        _plain_hidden[cls] = copyreg.dispatch_table.pop(cls)
+                table = copyreg.dispatch_table
+                if len(table) != _tblib_scanned[0]:  # tblib registered more: look again
+                    _tblib_scanned = (len(table), [
+                        cls for cls, reducer in list(table.items())
+                        if isinstance(cls, type) and issubclass(cls, BaseException)
+                        and getattr(reducer, "__module__", "").startswith("tblib")])
+                for cls in _tblib_scanned[1]:
+                    reducer = table.pop(cls, None)
+                    if reducer is not None:
+                        _plain_hidden[cls] = reducer
             _plain_depth += 1
 
     def __exit__(self, *exc_info):
-        global _plain_depth
+        global _plain_depth, _tblib_scanned
         with _plain_lock:
             _plain_depth -= 1
             if _plain_depth == 0:
@@ -314,6 +442,7 @@ class _PlainExceptionPickling:
                 for cls, reducer in _plain_hidden.items():
                     copyreg.dispatch_table.setdefault(cls, reducer)
                 _plain_hidden.clear()
+                _tblib_scanned = (len(copyreg.dispatch_table), _tblib_scanned[1])
 
 
 def _exception_guard():
@@ -324,17 +453,22 @@ def _exception_guard():
     return _PlainExceptionPickling() if "tblib.pickling_support" in sys.modules else contextlib.nullcontext()
 
 
-def remote_run(token: str, init, fn_key: str, fn_data: bytes, batch_id: int, kind: int, payload, split: bool,
-               log_level: int):
+def remote_run(spec: tuple, fn_data, init_data, payload):
     """One batch on a cluster worker: ``(reply, log records, (host, pid, seconds, rss))``.
 
+    ``spec`` is ``(token, fn_key, init_key, batch_id, kind, split, log_level,
+    carrier)``; the function's (and initializer's) pickles come as their own
+    arguments, so the engine can resolve a cluster-side copy in their place.
     The reply is exactly what a local worker sends (``worker.run_batch``),
     so the parent decodes it with ``replies.settle_batch`` and every error
     maps onto the same classes. Never raises: a failure to load the function
     or to run the initializer fails the batch's tasks with that error.
     """
+    token, fn_key, init_key, batch_id, kind, split, log_level, carrier = spec
+    init = None if init_key is None else (init_key, init_data)
     handler = _capture_logs(log_level)
     began = time.monotonic()
+    payload = as_view(payload)
     try:
         with _exception_guard():
             fn, reply = _prepare(batch_id, token, init, fn_key, fn_data)
@@ -342,18 +476,20 @@ def remote_run(token: str, init, fn_key: str, fn_data: bytes, batch_id: int, kin
                 reply = worker_mod.run_batch(batch_id, fn, kind, payload, split, timed=False)
     finally:
         logging.getLogger().removeHandler(handler)
-    return reply, handler.records, (_HOST, os.getpid(), time.monotonic() - began, _rss())
+    return oob_reply(reply, carrier), handler.records, (_HOST, os.getpid(), time.monotonic() - began, _rss())
 
 
-def remote_run_stream(token: str, init, fn_key: str, fn_data: bytes, batch_id: int, kind: int, payload,
-                      split: bool, log_level: int):
+def remote_run_stream(spec: tuple, fn_data, init_data, payload):
     """Like :func:`remote_run`, item by item, announcing each start (a generator).
 
     Used where the parent enforces ``task_timeout``: ``("start", i)`` tells
     it when item ``i`` started (its clock starts then), ``("item", i, reply,
     records, meta)`` settles it. ``payload`` is a list of per-item pickles.
     """
+    token, fn_key, init_key, batch_id, kind, split, log_level, carrier = spec
+    init = None if init_key is None else (init_key, init_data)
     me = (_HOST, os.getpid())
+    payload = as_view(payload)
     with _exception_guard():
         fn, reply = _prepare(batch_id, token, init, fn_key, fn_data)
     if reply is not None:
@@ -368,7 +504,8 @@ def remote_run_stream(token: str, init, fn_key: str, fn_data: bytes, batch_id: i
                 reply = worker_mod.run_batch(batch_id, fn, kind, [item], True, timed=False)
         finally:
             logging.getLogger().removeHandler(handler)
-        yield ("item", i, reply, handler.records, me + (time.monotonic() - began, _rss()))
+        yield ("item", i, oob_reply(reply, carrier), handler.records,
+               me + (time.monotonic() - began, _rss()))
 
 
 # ----------------------------------------------------------------------------
@@ -391,9 +528,9 @@ class Flight:
     """A batch running on the cluster as one remote call."""
 
     __slots__ = ("key", "batch", "handle", "kill", "running", "started_at", "settled", "stream", "slot", "pid",
-                 "sent_at")
+                 "sent_at", "alone", "deps")
 
-    def __init__(self, key: str, batch: Batch, stream: bool):
+    def __init__(self, key: str, batch: Batch, stream: bool, alone: bool = False):
         self.key = key
         self.batch = batch
         self.handle = None  # the engine's future / object ref / generator
@@ -405,14 +542,16 @@ class Flight:
         self.slot = -1  # the recorder's slot of the worker running it, once known
         self.pid = None
         self.sent_at = time.monotonic()
+        self.alone = alone  # a suspect of a crash, running with nothing else of the pool in flight
+        self.deps = None  # engine objects the call needs alive (a scattered payload)
 
 
 class ClusterRecorder(Recorder):
     """``pool.stats()``/``timeline()`` for a cluster: one slot per worker
     process seen (host, pid), its RSS as the worker itself reported it."""
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, enabled: bool = True):
+        super().__init__(enabled)
         self._ids: dict[tuple, int] = {}
 
     def worker(self, host: str, pid: int) -> int:
@@ -424,7 +563,7 @@ class ClusterRecorder(Recorder):
         return slot
 
     def remote_rss(self, slot_id: int, rss) -> None:
-        if rss is None:
+        if rss is None or not self.enabled:
             return
         with self._lock:
             s = self._slot(slot_id)
@@ -452,6 +591,11 @@ class ClusterBackend:
 
     engine = "cluster"
     stream_items = False  # run batches through remote_run_stream (per-item starts)
+    # Whether a crash report names only the task that was running (Ray: a
+    # worker holds one task at a time) or may name tasks merely queued on the
+    # dead worker too (Dask: every task "processing" there is suspected).
+    exact_crashes = True
+    carrier: str | None = None  # how big pickles cross the engine (see ``_carrier``)
 
     def __init__(self, config: ClusterConfig):
         self.config = config
@@ -468,7 +612,7 @@ class ClusterBackend:
                     "argument", f"the initializer {serialize.callable_name(config.initializer)}",
                     config.initializer, e) from None
         self.done = threading.Event()
-        self.recorder = ClusterRecorder()
+        self.recorder = ClusterRecorder(config.record)
         self._token = uuid.uuid4().hex[:12]
         if config.initializer is not None:
             self._init_fn = _Fn(f"{self._token}:init", init_data, False)
@@ -481,6 +625,7 @@ class ClusterBackend:
         self._next_batch = 0
         self._pending: collections.deque[Batch] = collections.deque()
         self._inflight: dict[str, Flight] = {}
+        self._suspects: set[int] = set()  # ids of pending one-task batches that must run alone
         self._state = "running"  # running -> closing -> stopped; or terminating
         self._reason = ""
         self._feeders = 0
@@ -489,6 +634,8 @@ class ClusterBackend:
         self._slots_read = time.monotonic()
         self._avg_task = 0.0
         self._task_samples = 0
+        self._avg_batch = 0.0  # EWMA of a whole remote call's run time on the worker
+        self._batch_samples = 0
         self.callbacks = CallbackRunner(f"sharkcage-callbacks-{config.name}")
         self._thread = start.mark_own_thread(
             threading.Thread(target=self._run, name=f"sharkcage-{self.engine}-{config.name}", daemon=True)
@@ -581,6 +728,32 @@ class ClusterBackend:
             return False
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    @property
+    def closing(self) -> bool:
+        """close() was called: feeders of earlier calls feed the rest of their input unbounded."""
+        return self._state == "closing"
+
+    def has_started(self, job: Job) -> bool:
+        """Whether a single-task job (a future) has started (any thread may ask).
+
+        A streamed batch says when each task starts; otherwise a task handed
+        to the cluster counts as started, as the stdlib's executor counts a
+        task moved to its call queue: ``Future.cancel()`` then refuses it.
+        """
+        for _ in range(3):
+            try:
+                flights = list(self._inflight.values())
+                break
+            except RuntimeError:  # the dispatcher changed the table under us
+                continue
+        else:
+            return False
+        for f in flights:
+            for k, (j, _index) in enumerate(f.batch.targets):
+                if j is job:
+                    return not f.stream or k in f.settled or f.running == k
+        return False
 
     def pending_count(self) -> int:
         return len(self._pending)
@@ -688,15 +861,37 @@ class ClusterBackend:
                 self._slots = max(1, int(self._cluster_slots()))
             except Exception:  # noqa: BLE001 - keep the last known size
                 log.debug("could not read the %s cluster's size", self.engine, exc_info=True)
-        return self._slots * _DEPTH
+        # A remote call takes milliseconds to come back; with short batches,
+        # two per slot would leave the workers idle most of the time.
+        short = self._batch_samples and self._avg_batch < _SHORT_BATCH
+        return self._slots * (_SHORT_DEPTH if short else _DEPTH)
 
     def _dispatch(self) -> None:
+        if self._suspects:
+            self._dispatch_suspect()
+            return
         limit = self._limit()
         while self._pending and len(self._inflight) < limit:
             batch = self._take_batch()
             if batch is None:
                 return
             self._launch(batch)
+
+    def _dispatch_suspect(self) -> None:
+        """Run a crash suspect alone: once nothing else of this pool is in
+        flight, so if its worker dies again it is the culprit for certain,
+        and no innocent task queued beside it is blamed."""
+        if self._inflight:
+            return
+        for b in self._pending:
+            if id(b) in self._suspects:
+                self._pending.remove(b)
+                self._suspects.discard(id(b))
+                job, index = b.targets[0]
+                if job.start(index):
+                    self._launch(b, alone=True)
+                return
+        self._suspects.clear()  # cancelled meanwhile
 
     def _take_batch(self) -> Batch | None:
         pending = self._pending
@@ -756,7 +951,7 @@ class ClusterBackend:
                          job=b.job, indices=[b.indices[i] for i in keep])
         return Batch(b.fn_id, b.kind, [b.targets[i] for i in keep], items, payload, True, b.attempts)
 
-    def _launch(self, batch: Batch) -> None:
+    def _launch(self, batch: Batch, alone: bool = False) -> None:
         if self.stream_items and not batch.split:
             batch = self._subset(batch, list(range(len(batch))))  # per-item pickles to stream
             if batch is None:
@@ -764,16 +959,18 @@ class ClusterBackend:
         self._next_batch += 1
         batch.id = self._next_batch
         key = f"sharkcage-{self._token}-{batch.id}"
-        flight = Flight(key, batch, self.stream_items)
+        flight = Flight(key, batch, self.stream_items, alone)
         with self._lock:
             fn = self._fns[batch.fn_id]
         try:
-            fn_arg = self._function_arg(fn)
-            init = None
+            init_key = init_arg = None
             if self._init_fn is not None:
-                init = (self._init_fn.key, self._function_arg(self._init_fn))
-            args = (self._token, init, fn.key, fn_arg, batch.id, batch.kind, batch.payload, batch.split,
-                    self._log_level)
+                init_key, init_arg = self._init_fn.key, self._function_arg(self._init_fn)
+            # Few arguments (Ray serializes each on its own), the function's
+            # and initializer's among them (top-level, so the engine resolves
+            # a cluster-side copy), the payload last.
+            spec = (self._token, fn.key, init_key, batch.id, batch.kind, batch.split, self._log_level, self.carrier)
+            args = (spec, self._function_arg(fn), init_arg, oob(batch.payload, self.carrier))
             self._inflight[key] = flight
             flight.handle = self._launch_remote(flight, args)
         except BaseException as e:  # noqa: BLE001 - the cluster refused it: fail this batch, not the pool
@@ -820,19 +1017,35 @@ class ClusterBackend:
             except BaseException:  # noqa: BLE001 - a broken handler must not stop the pool
                 log.debug("could not handle a worker's log record", exc_info=True)
 
-    def _account(self, f: Flight, reply, meta, n: int) -> None:
-        """Stats and the measured task time (adaptive chunks) for a finished call."""
-        host, pid, seconds, rss = meta
-        f.slot = self.recorder.worker(host, pid)
-        f.pid = pid
-        self.recorder.remote_rss(f.slot, rss)
-        tag = reply[0]
-        failed = 0 if tag == "done" else sum(1 for status, _ in reply[2] if status) if tag == "mixed" else n
-        self.recorder.batch_done(f.slot, pid, batch_label(f.batch) if n == len(f.batch) else f.batch.targets[0][0].name,
-                                 n, failed, seconds, time.monotonic())
-        per_item = seconds / max(1, n)
-        self._avg_task = per_item if not self._task_samples else 0.8 * self._avg_task + 0.2 * per_item
-        self._task_samples += 1
+    def _account(self, f: Flight, reply, meta, item: int | None = None) -> None:
+        """Stats and the measured task time (adaptive chunks) for a finished
+        call (or, streamed, one ``item`` of it). Never raises: statistics
+        must not cost a result."""
+        try:
+            host, pid, seconds, rss = meta
+            f.slot = self.recorder.worker(host, pid)
+            f.pid = pid
+            self.recorder.remote_rss(f.slot, rss)
+            what = f.batch if item is None else Batch(f.batch.fn_id, f.batch.kind, [f.batch.targets[item]], [None],
+                                                       None, True)
+            n = len(what)
+            tag = reply[0]
+            failed = 0 if tag == "done" else sum(1 for status, _ in reply[2] if status) if tag == "mixed" else n
+            self.recorder.batch_done(f.slot, pid, what, n, failed, seconds, time.monotonic())
+            per_item = seconds / max(1, n)
+            self._avg_task = per_item if not self._task_samples else 0.8 * self._avg_task + 0.2 * per_item
+            self._task_samples += 1
+            if item is None:
+                self._avg_batch = seconds if not self._batch_samples else 0.8 * self._avg_batch + 0.2 * seconds
+                self._batch_samples += 1
+        except Exception:  # noqa: BLE001
+            log.debug("recording a finished batch failed", exc_info=True)
+
+    def _record_end(self, f: Flight, label: str, start: float, outcome: str, detail: str) -> None:
+        try:
+            self.recorder.task_ended(f.slot, f.pid, label, start, outcome, detail)
+        except Exception:  # noqa: BLE001 - statistics must not cost a result
+            log.debug("recording a task's end failed", exc_info=True)
 
     def _stream_event(self, key: str, value) -> None:
         f = self._inflight.get(key)
@@ -845,18 +1058,20 @@ class ClusterBackend:
             f.pid = value[2][1]
         elif value[0] == "item":
             _tag, i, reply, records, meta = value
+            reply = reply_views(reply)
             f.running = None
             f.settled.add(i)
             self._handle_records(records)
-            self._account(f, reply, meta, 1)
+            self._account(f, reply, meta, i)
             if reply[0] == "bad_chunk":  # cannot happen for a single split item; settle it anyway
                 self._fail_batch(f.batch, SharkcageError(f"the worker could not read the task: {reply[2]}"), [i])
             else:
                 replies.settle(reply[0], reply[2], [f.batch.targets[i]], self._deliver)
         elif value[0] == "all":
             _tag, reply, records, meta = value
+            reply = reply_views(reply)
             f.settled.update(range(len(f.batch)))
-            self._account(f, reply, meta, len(f.batch))
+            self._account(f, reply, meta)
             replies.settle_batch(reply[0], reply[2], f.batch, self._deliver)
 
     def _outcome(self, key: str, kind: str, value) -> None:
@@ -867,6 +1082,7 @@ class ClusterBackend:
         left = [k for k in range(len(batch)) if k not in f.settled]
         if kind == "reply":
             reply, records, meta = value
+            reply = reply_views(reply)
             self._handle_records(records)  # before the results, as on local workers
             if reply[0] == "bad_chunk":
                 # The chunk as a whole failed to unpickle on the worker: re-send
@@ -875,7 +1091,7 @@ class ClusterBackend:
                 if sub is not None:
                     self._pending.appendleft(sub)
             else:
-                self._account(f, reply, meta, len(batch))
+                self._account(f, reply, meta)
                 replies.settle_batch(reply[0], reply[2], batch, self._deliver)
         elif kind == "end":
             if left:
@@ -884,6 +1100,10 @@ class ClusterBackend:
             self._stopped(f, left)
         elif kind == "crashed":
             self._crashed(f, left, *value)
+        elif f.deps is not None and batch.attempts <= self.config.retries:
+            # Its data went with a worker before the call ran (a scattered
+            # payload has no lineage to rebuild it from): send it again.
+            self._requeue(batch, left, batch.attempts + 1)
         elif kind == "cancelled":
             err = SharkcageError(f"the {self.engine} cluster cancelled this task ({value!r}); "
                                  "was the cluster restarted or the connection lost?")
@@ -896,7 +1116,7 @@ class ClusterBackend:
             self._fail_batch(batch, err, left)
         self._forget_function(batch.fn_id)
 
-    def _requeue(self, batch: Batch, items: list[int], attempts: int | None = None) -> None:
+    def _requeue(self, batch: Batch, items: list[int], attempts: int | None = None, suspect: bool = False) -> None:
         if not items:
             return
         sub = self._subset(batch, items)
@@ -904,6 +1124,8 @@ class ClusterBackend:
             if attempts is not None:
                 sub.attempts = attempts
             self._pending.appendleft(sub)
+            if suspect:
+                self._suspects.add(id(sub))
 
     def _stopped(self, f: Flight, left: list[int]) -> None:
         """We stopped the remote call: settle the item it was stopped for, rerun the others."""
@@ -916,7 +1138,7 @@ class ClusterBackend:
             if item in left:
                 job, index = batch.targets[item]
                 err = TaskTimeoutError(self.config.task_timeout, task=job.describe(index), pid=f.pid)
-                self.recorder.task_ended(f.slot, f.pid, job.describe(index), f.started_at, "timeout", str(err))
+                self._record_end(f, job.describe(index), f.started_at, "timeout", str(err))
                 self._deliver(job, index, False, err)
             self._requeue(batch, [k for k in left if k != item])
             return
@@ -941,15 +1163,19 @@ class ClusterBackend:
             for k in reversed(left):
                 self._requeue(batch, [k])
             return
+        if not self.exact_crashes and not f.alone:
+            # It may only have been queued on the dead worker: rerun it alone
+            # before blaming it.
+            self._requeue(batch, [culprit], suspect=True)
+            return
         self._requeue(batch, [k for k in left if k != culprit])
         if batch.attempts < self.config.retries:
-            self._requeue(batch, [culprit], batch.attempts + 1)
+            self._requeue(batch, [culprit], batch.attempts + 1, suspect=not self.exact_crashes)
             return
         job, index = batch.targets[culprit]
         err = WorkerCrashedError(pid if pid is not None else f.pid, exitcode, task=job.describe(index), cause=cause,
                                  attempts=batch.attempts + 1)
-        self.recorder.task_ended(f.slot, f.pid, job.describe(index), f.started_at if f.stream else f.sent_at,
-                                 "crash", str(err))
+        self._record_end(f, job.describe(index), f.started_at if f.stream else f.sent_at, "crash", str(err))
         self._deliver(job, index, False, err)
 
     def _forget_function(self, fn_id: int) -> None:
@@ -982,6 +1208,7 @@ class ClusterBackend:
                     if sub is not None:
                         kept.append(sub)
             self._pending = kept
+            self._suspects &= {id(b) for b in kept}  # a dropped batch's id may be reused
         for f in list(self._inflight.values()):
             if f.kill is not None or not self._holds(f.batch, job):
                 continue
@@ -1019,6 +1246,7 @@ class ClusterBackend:
 
     def _fail_everything(self, exc: BaseException) -> None:
         pending, self._pending = self._pending, collections.deque()
+        self._suspects.clear()
         for b in pending:
             self._fail_batch(b, exc)
         flights = list(self._inflight.values())
@@ -1090,8 +1318,10 @@ class DaskBackend(ClusterBackend):
 
     Every batch is one ``client.submit`` of :func:`remote_run`. A task whose
     worker dies is rerun by the scheduler (``distributed.scheduler.allowed-failures``,
-    default 3); when it still kills its workers (``KilledWorker``) it fails
-    with :class:`WorkerCrashedError`, after ``retries`` more attempts of its own.
+    default 3). Dask then reports ``KilledWorker`` for every task that was
+    *processing* on the dying workers, queued ones included; so such a task
+    reruns once more alone, and only if it kills its workers again does it
+    fail with :class:`WorkerCrashedError` (after ``retries`` more attempts).
 
     >>> from distributed import Client                        # doctest: +SKIP
     >>> from sharkcage import Pool
@@ -1102,6 +1332,8 @@ class DaskBackend(ClusterBackend):
     """
 
     engine = "dask"
+    exact_crashes = False
+    carrier = "numpy"
 
     def __init__(self, config: ClusterConfig, client, owns_client: bool):
         self.client = client
@@ -1125,6 +1357,14 @@ class DaskBackend(ClusterBackend):
         return self.client.submit(_hold, fn.data, key=f"sharkcage-fn-{fn.key.replace(':', '-')}", pure=False)
 
     def _launch_remote(self, flight: Flight, args: tuple):
+        payload = args[-1]
+        size = sum(memoryview(p).nbytes for p in (payload if isinstance(payload, list) else [payload]))
+        if size >= _SCATTER_BYTES:
+            # Big data goes straight to a worker as frames (the scheduler's
+            # links pickle task specs in-band, at protocol 4: copies), and the
+            # task runs where it landed.
+            [flight.deps] = self.client.scatter([payload], hash=False)
+            args = args[:-1] + (flight.deps,)
         fut = self.client.submit(remote_run, *args, key=flight.key, pure=False, retries=0)
         fut.add_done_callback(lambda f, key=flight.key: self._collect_q.put((key, f)))
         return fut

@@ -97,6 +97,7 @@ class RayBackend(ClusterBackend):
     """
 
     engine = "ray"
+    carrier = "pickle5"
 
     def __init__(self, config: ClusterConfig, owns_connection: bool):
         import ray

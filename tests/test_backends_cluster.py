@@ -1,0 +1,426 @@
+"""The same API on the local engine, a real Dask cluster and a real Ray cluster.
+
+Run with ``pytest -m cluster tests/test_backends_cluster.py``. The clusters
+are real: a Dask scheduler and two single-threaded workers started with the
+``dask`` CLI, a Ray head started with ``ray start --head`` (2 CPUs), all on
+127.0.0.1, detached from this process and killed (every process of their
+sessions) when the module's tests for that backend are done. See
+tests/cluster_helpers.py.
+
+Every test takes ``backend``: ``(name, address)`` for ``Pool(backend=name,
+address=address)``; ``local`` runs the same assertions on the local engine.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import subprocess
+import sys
+import time
+
+import pytest
+
+import cluster_helpers as ch
+from sharkcage import (
+    Pool,
+    ProcessPoolExecutor,
+    RemoteError,
+    SerializationError,
+    SharkcageError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+)
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
+
+BACKENDS = ["local", "dask", "ray"]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend(request):
+    """One backend at a time (one cluster alive at a time on a 2-core box)."""
+    name = request.param
+    if name == "local":
+        yield name, None
+        return
+    pytest.importorskip("distributed" if name == "dask" else "ray")
+    cluster = ch.start_dask() if name == "dask" else ch.start_ray()
+    try:
+        if name == "ray":
+            import ray
+
+            # One connection for the module, owned by the test (the pools must
+            # not shut it down); test_ray_connection_ownership covers the other case.
+            ray.init(address=cluster.address, log_to_driver=False)
+        yield name, cluster.address
+    finally:
+        if name == "ray":
+            import ray
+
+            ray.shutdown()
+        left = cluster.stop()
+        assert not left, f"{name} cluster processes survived teardown: {left}"
+
+
+def pool(backend, processes=2, **kw) -> Pool:
+    name, address = backend
+    return Pool(processes, backend=name, address=address, **kw)
+
+
+def executor(backend, workers=2, **kw) -> ProcessPoolExecutor:
+    name, address = backend
+    return ProcessPoolExecutor(workers, backend=name, address=address, **kw)
+
+
+# ---------------------------------------------------------------------------
+# the API
+
+
+def test_map_imap_starmap_keep_order(backend):
+    with pool(backend) as p:
+        assert p.map(ch.square, range(20)) == [x * x for x in range(20)]
+        assert p.map(ch.square, range(20), chunksize=3) == [x * x for x in range(20)]
+        delays = [0.05 * (i % 3) for i in range(12)]
+        assert list(p.imap(ch.sleep_return, delays)) == delays
+        assert list(p.imap(ch.square, range(30), 4)) == [x * x for x in range(30)]
+        assert sorted(p.imap_unordered(ch.square, range(30), 2)) == [x * x for x in range(30)]
+        assert p.starmap(pow, [(2, 3), (3, 2), (5, 0)]) == [8, 9, 1]
+        assert p.apply(ch.square, (12,)) == 144
+        assert p.map(lambda x: x + 1, [1, 2]) == [2, 3]  # by value
+        add = ch.make_closure(10)  # a big closure: shipped once, not inline
+        assert p.map(add, range(5)) == [10, 11, 12, 13, 14]
+
+
+def test_big_arrays_travel_both_ways_as_writable_copies(backend):
+    np = pytest.importorskip("numpy")
+    big = np.arange(2_000_000, dtype=np.float64)  # 16 MB: past the out-of-band threshold
+    with pool(backend) as p:
+        back = p.apply(ch.add_one, (big,))
+        assert back.dtype == big.dtype and np.array_equal(back, big + 1)
+        back[0] = -1  # arrives writable, like a copy
+        chunks = [np.full(300_000, i, dtype=np.float64) for i in range(4)]  # 2.4 MB each, one pickle per item
+        out = p.map(ch.add_one, chunks, chunksize=2)
+        assert [float(a[0]) for a in out] == [1.0, 2.0, 3.0, 4.0]
+
+
+def test_apply_async_and_map_async_callbacks(backend):
+    got, errors = [], []
+    with pool(backend) as p:
+        r1 = p.apply_async(ch.square, (4,), callback=got.append)
+        r2 = p.apply_async(ch.raise_value_error, ("boom",), error_callback=errors.append)
+        r3 = p.map_async(ch.square, range(5), callback=got.append)
+        assert r1.get(60) == 16
+        with pytest.raises(ValueError, match="boom"):
+            r2.get(60)
+        assert r3.get(60) == [0, 1, 4, 9, 16]
+        assert r1.successful() and not r2.successful()
+    assert 16 in got and [0, 1, 4, 9, 16] in got
+    assert len(errors) == 1 and isinstance(errors[0], ValueError)
+
+
+def test_executor_submit_as_completed_and_map(backend):
+    with executor(backend) as ex:
+        futures = [ex.submit(ch.square, i) for i in range(10)]
+        done = sorted(f.result() for f in concurrent.futures.as_completed(futures, timeout=60))
+        assert done == [i * i for i in range(10)]
+        assert list(ex.map(ch.square, range(7), timeout=60)) == [i * i for i in range(7)]
+        bad = ex.submit(ch.raise_value_error, "from executor")
+        with pytest.raises(ValueError, match="from executor"):
+            bad.result(60)
+        assert isinstance(futures[0], concurrent.futures.Future)
+
+
+def test_imap_consumes_input_lazily(backend):
+    pulled = itertools.count()
+
+    def endless():
+        for i in itertools.count():
+            next(pulled)
+            yield i
+
+    with pool(backend) as p:
+        it = p.imap(ch.square, endless(), 2)
+        assert [next(it) for _ in range(20)] == [i * i for i in range(20)]
+        time.sleep(0.5)  # let the feeder run ahead as far as it may
+        assert next(pulled) < 60  # bounded: 2 chunks per worker (+ one item each) ahead of the consumer
+
+
+def test_worker_logging_reaches_the_parent(backend, caplog):
+    caplog.set_level(logging.INFO)
+    with pool(backend) as p:  # the parent's level when the pool starts decides
+        assert p.map(ch.log_and_return, range(3)) == [0, 1, 2]
+    messages = [r.getMessage() for r in caplog.records if r.name == "cluster_helpers"]
+    assert sorted(messages) == [f"task {i} says hello" for i in range(3)]
+
+
+def test_a_task_may_create_a_pool(backend):
+    with pool(backend) as p:  # guarantee 10, also inside Dask's daemonic worker processes
+        assert p.apply(ch.nested_pool_sum, (5,)) == 15
+
+
+def test_initializer_sets_worker_state(backend):
+    with pool(backend, initializer=ch.init_state, initargs=("ready",)) as p:
+        states = p.map(ch.read_state, range(4), chunksize=1)
+    assert all(s["init"] == "ready" for s in states)
+
+
+# ---------------------------------------------------------------------------
+# errors map onto the same classes
+
+
+def test_a_task_error_keeps_its_type_and_traceback(backend):
+    with pool(backend) as p:
+        with pytest.raises(ValueError, match="plain") as info:
+            p.apply(ch.raise_value_error)
+        assert "raise_value_error" in str(info.value.__cause__)  # the worker's traceback
+        with pytest.raises(SystemExit) as exit_info:
+            p.apply(ch.sys_exit, (3,))
+        assert exit_info.value.code == 3  # Dask's tblib reducers must not eat `code`
+        assert p.apply(ch.square, (3,)) == 9
+
+
+def test_seed_003_exception_is_a_remote_error_and_the_original_class(backend):
+    with pool(backend) as p:
+        with pytest.raises(ch.MysqlStyleError) as info:
+            p.apply(ch.raise_mysql)
+        e = info.value
+        assert isinstance(e, RemoteError) and isinstance(e, SharkcageError)
+        assert e.type_name == "cluster_helpers.MysqlStyleError"
+        assert e.message == "2055: Lost connection to MySQL server"
+        assert e.errno == 2055 and "raise_mysql" in e.remote_traceback
+        it = p.imap(ch.raise_mysql_at, range(6), 2)
+        out = []
+        for _ in range(6):
+            try:
+                out.append(it.next(60))
+            except RemoteError as err:
+                out.append(type(err).__mro__[1].__name__)
+        assert out == [0, 1, "MysqlStyleError", 9, 16, 25]
+
+
+def test_unpicklable_result_is_a_serialization_error(backend):
+    with pool(backend) as p:
+        with pytest.raises(SerializationError) as info:
+            p.apply(ch.return_generator, (3,))
+        assert info.value.direction == "result" and info.value.type_name == "generator"
+        it = p.imap(ch.unpicklable_at, range(6), 3)
+        got = []
+        for _ in range(6):
+            try:
+                got.append(it.next(60))
+            except SerializationError:
+                got.append("bad")
+        assert got == [0, 1, 4, "bad", 16, 25]
+        with pytest.raises(SerializationError, match="argument"):
+            p.apply_async(ch.square, (threading_lock(),))
+
+
+def threading_lock():
+    import threading
+
+    return threading.Lock()
+
+
+def test_killed_worker_fails_only_its_task(backend):
+    with pool(backend) as p:
+        results = [p.apply_async(ch.crash_at, (x,)) for x in range(6)]
+        out = []
+        for r in results:
+            try:
+                out.append(r.get(100))
+            except WorkerCrashedError as e:
+                out.append("crash")
+                assert "item" not in str(e) and "apply(crash_at)" in str(e)
+        assert out == [0, 1, 4, "crash", 16, 25]
+        it = p.imap(ch.crash_at, [0, 1, 2, 3, 4], 2)
+        got = []
+        for _ in range(5):
+            try:
+                got.append(it.next(100))
+            except WorkerCrashedError:
+                got.append("crash")
+        assert got == [0, 1, 4, "crash", 16]
+        assert p.map(ch.square, range(4)) == [0, 1, 4, 9]  # the pool lives
+
+
+def test_os_exit_mid_task_is_a_crash_even_with_status_0(backend):
+    with executor(backend) as ex:
+        bad = ex.submit(ch.crash_at, 3, 3, "os_exit")
+        good = ex.submit(ch.square, 5)
+        with pytest.raises(WorkerCrashedError):
+            bad.result(100)
+        assert good.result(100) == 25
+
+
+# ---------------------------------------------------------------------------
+# cancel, timeouts, lifecycle
+
+
+def test_cancel_pending_tasks_never_kills_running_ones(backend):
+    with pool(backend) as p:
+        running = [p.apply_async(ch.sleep_return, (4.0, i)) for i in range(2)]
+        time.sleep(1.5)  # both slots busy: what follows waits (in the pool, or queued on a worker)
+        queued = [p.apply_async(ch.square, (i,)) for i in range(8)]
+        time.sleep(0.3)
+        assert queued[-1].cancel() and queued[-1].cancelled()
+        assert queued[3].cancel()
+        with pytest.raises(concurrent.futures.CancelledError):
+            queued[-1].get(5)
+        assert [r.get(60) for r in running] == [0, 1]
+        assert [queued[i].get(60) for i in (0, 1, 2, 4, 5, 6)] == [0, 1, 4, 16, 25, 36]
+
+
+def test_cancel_running_task(backend):
+    name, _ = backend
+    with executor(backend) as ex:
+        slow = ex.submit(ch.sleep_return, 15)
+        time.sleep(3)  # surely running by now
+        t0 = time.monotonic()
+        assert ex.cancel(slow)
+        with pytest.raises(concurrent.futures.CancelledError):
+            slow.result(10)
+        assert time.monotonic() - t0 < 10
+        assert ex.submit(ch.square, 6).result(60) == 36
+        # Dask cannot interrupt the running call (see docs/backends.md): the
+        # result is cancelled at once and the call finishes in the background.
+
+
+def test_task_timeout(backend):
+    name, _ = backend
+    if name == "dask":
+        with pytest.raises(ValueError, match="task_timeout=2.*cannot be enforced with backend='dask'"):
+            pool(backend, task_timeout=2)
+        return
+    with pool(backend, task_timeout=2) as p:
+        slow = p.apply_async(ch.sleep_return, (60,))
+        quick = [p.apply_async(ch.sleep_return, (0.2, i)) for i in range(3)]
+        t0 = time.monotonic()
+        with pytest.raises(TaskTimeoutError):
+            slow.get(60)
+        assert time.monotonic() - t0 < 30
+        assert [r.get(60) for r in quick] == [0, 1, 2]
+        # inside a chunk: only the slow item fails; the rest of its chunk reruns
+        it = p.imap(ch.sleep_return, [0.1, 0.1, 30, 0.1], 4)
+        got = []
+        for _ in range(4):
+            try:
+                got.append(it.next(60))
+            except TaskTimeoutError:
+                got.append("timeout")
+        assert got == [0.1, 0.1, "timeout", 0.1]
+
+
+def test_terminate_fails_outstanding_results(backend):
+    p = pool(backend)
+    slow = [p.apply_async(ch.sleep_return, (6,)) for _ in range(4)]
+    time.sleep(1)
+    t0 = time.monotonic()
+    p.terminate()
+    assert time.monotonic() - t0 < 10
+    for r in slow:
+        with pytest.raises(SharkcageError):
+            r.get(10)
+    with pytest.raises(ValueError):
+        p.apply_async(ch.square, (1,))
+
+
+def test_close_and_join_finish_the_work(backend):
+    p = pool(backend)
+    r = p.map_async(ch.sleep_return, [0.1] * 6)
+    p.close()
+    p.join()
+    assert r.get(1) == [0.1] * 6
+
+
+# ---------------------------------------------------------------------------
+# cluster-only: options, connections, imports
+
+
+def test_refused_options_say_why(backend):
+    name, address = backend
+    if name == "local":
+        return
+    for option in ({"finalizer": print}, {"maxtasksperchild": 3}, {"max_memory_per_worker": 10**9},
+                   {"start_method": "spawn"}, {"warn_after": 5}):
+        with pytest.raises(ValueError, match=f"backend={name!r}"):
+            Pool(2, backend=name, address=address, **option)
+
+
+def test_dask_client_passed_in_is_never_closed(backend):
+    name, address = backend
+    if name != "dask":
+        return
+    from distributed import Client
+
+    client = Client(address, set_as_default=False)
+    try:
+        with Pool(backend="dask", address=client) as p:
+            assert p.map(ch.square, range(3)) == [0, 1, 4]
+            assert p._processes == 2  # read from the cluster
+        assert client.status == "running"
+        assert client.submit(ch.square, 9).result(60) == 81
+    finally:
+        client.close()
+
+
+def test_ray_connection_ownership(backend):
+    name, address = backend
+    if name != "ray":
+        return
+    import ray
+
+    # The module's connection belongs to the test: a pool leaves it alone.
+    with Pool(backend="ray", address=address) as p:
+        assert p.map(ch.square, range(3)) == [0, 1, 4]
+    assert ray.is_initialized()
+    # Without one, the pool opens it and its last user shuts it down.
+    ray.shutdown()
+    try:
+        p1 = Pool(backend="ray", address=address)
+        p2 = Pool(backend="ray", address=address)
+        assert p1.map(ch.square, [2]) == [4]
+        p1.close()
+        p1.join()
+        assert ray.is_initialized()  # p2 still uses it
+        assert p2.map(ch.square, [3]) == [9]
+        p2.terminate()
+        assert not ray.is_initialized()
+    finally:
+        if not ray.is_initialized():
+            ray.init(address=address, log_to_driver=False)
+
+
+def test_cluster_backends_offer_what_the_local_engine_offers(backend):
+    """The facades talk to every backend the same way: whatever public name
+    the local engine grows, the cluster backends must have too."""
+    name, _ = backend
+    if name == "local":
+        return
+    from sharkcage._engine.supervisor import Supervisor
+    from sharkcage.backends.dask import ClusterBackend
+
+    local_only = {"pending", "inflight", "workers", "selector", "state", "broken", "crashes", "restarts"}
+    wanted = {n for n in dir(Supervisor) if not n.startswith("_")} - local_only
+    assert wanted <= set(dir(ClusterBackend)), sorted(wanted - set(dir(ClusterBackend)))
+
+
+def test_importing_sharkcage_imports_no_cluster_engine(backend):
+    name, _ = backend
+    if name != "local":
+        return
+    code = ("import sys, sharkcage, sharkcage.backends;"
+            "bad = [m for m in ('dask', 'distributed', 'ray') if m in sys.modules];"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=ch.cluster_env())
+
+
+def test_missing_extra_names_the_pip_install(backend, monkeypatch):
+    name, _ = backend
+    if name == "local":
+        return
+    module = "distributed" if name == "dask" else "ray"
+    monkeypatch.setitem(sys.modules, module, None)  # "import distributed" now raises ImportError
+    with pytest.raises(ImportError, match=rf"pip install 'sharkcage\[{name}\]'"):
+        Pool(backend=name, address="127.0.0.1:1")
