@@ -37,15 +37,33 @@ _NO_PRELOAD = {
 _forkserver_lock = threading.Lock()
 
 
-def _new_lock_after_fork() -> None:
+def _after_fork_in_child() -> None:
     # The zygote is forked while this lock is held (by the forking thread,
     # which becomes the child's only thread but never releases it there):
     # every child starts with a fresh one, or a nested pool would deadlock.
     global _forkserver_lock
     _forkserver_lock = threading.Lock()
+    # A forked child (start_method="fork", a user's own fork or stdlib
+    # Process) inherits its parent's forkserver handle: that server is not
+    # its child and not its to use; a pool made there starts its own.
+    try:
+        from multiprocessing import forkserver
+    except ImportError:
+        return
+    server = forkserver._forkserver
+    if server._forkserver_pid is None:
+        return
+    if server._forkserver_alive_fd is not None:
+        try:
+            os.close(server._forkserver_alive_fd)
+        except OSError:
+            pass
+    server._forkserver_pid = None
+    server._forkserver_address = None
+    server._forkserver_alive_fd = None
 
 
-os.register_at_fork(after_in_child=_new_lock_after_fork)
+os.register_at_fork(after_in_child=_after_fork_in_child)
 _patched = False
 
 

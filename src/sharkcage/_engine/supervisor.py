@@ -607,12 +607,14 @@ class Supervisor:
             daemon=True,
         )
         try:
-            proc.start()
+            _start_process(proc)
         except BaseException as e:  # noqa: BLE001
             parent_sock.close()
             for pipe in streams or ():
                 pipe.close()
             self._start_failed(f"could not start a worker process: {e!r}")
+            if self.broken is None and self.state in ("running", "closing"):
+                self._to_start.append(slot_id)  # try again next turn (three failures break the pool)
             return
         finally:
             child_sock.close()
@@ -1185,6 +1187,24 @@ class Supervisor:
             self._line_writer.stop()
         self.callbacks.stop()
         self.done.set()
+
+
+def _start_process(proc) -> None:
+    """``proc.start()``, also inside a daemonic process (a Dask worker, a
+    stdlib daemon Process): multiprocessing refuses children there because
+    they could outlive it, but sharkcage's workers cannot — each watches its
+    channel and dies with its parent — so the flag is lifted for the start."""
+    import multiprocessing.process as mpp
+
+    config = mpp.current_process()._config
+    if not config.get("daemon"):
+        proc.start()
+        return
+    config["daemon"] = False
+    try:
+        proc.start()
+    finally:
+        config["daemon"] = True
 
 
 def _oom_hint(exitcode) -> str | None:

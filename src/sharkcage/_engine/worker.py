@@ -196,27 +196,6 @@ def _watch_parent(sock: socket.socket) -> None:
 _stack_file = None
 
 
-def _forget_inherited_forkserver() -> None:
-    """A worker forked from its parent (start_method="fork") inherits the
-    parent's forkserver handle, which is not this process's to use: a pool
-    created inside a task must start a forkserver of its own (nested pools)."""
-    try:
-        from multiprocessing import forkserver
-    except ImportError:
-        return
-    fs = forkserver._forkserver
-    if fs._forkserver_pid is None:
-        return  # started by a forkserver or by spawn: nothing inherited
-    if fs._forkserver_alive_fd is not None:
-        try:
-            os.close(fs._forkserver_alive_fd)
-        except OSError:
-            pass
-    fs._forkserver_pid = None
-    fs._forkserver_address = None
-    fs._forkserver_alive_fd = None
-
-
 def _register_stack_dump(path: str | None) -> None:
     """SIGUSR1 writes every thread's Python stack to ``path``.
 
@@ -264,7 +243,6 @@ def main(sock: socket.socket, slot, config: bytes, streams=None) -> None:
     import multiprocessing.process as mpp
 
     mpp.current_process()._config["daemon"] = False
-    _forget_inherited_forkserver()
 
     chan = WorkerEnd(sock)
     send_lock = threading.Lock()
