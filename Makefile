@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-all clean
+.PHONY: demo test test-slow test-cluster test-all clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,19 @@ test: $(VENV)/.installed-dev
 	$(BIN)/python -m compileall -q src
 	$(BIN)/python -m pytest
 
-test-all: $(VENV)/.installed-dev
+# The soak and scale tests (minutes): CI runs them after `make test`.
+test-slow: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -m slow
+
+# Real Dask and Ray clusters on 127.0.0.1 (the extras install on first use).
+$(VENV)/.installed-cluster: pyproject.toml | $(VENV)/.installed-dev
+	$(BIN)/python -m pip install --quiet -e '.[dev,dask,ray]'
+	touch $@
+
+test-cluster: $(VENV)/.installed-cluster
+	$(BIN)/python -m pytest -m cluster
+
+test-all: $(VENV)/.installed-cluster
 	$(BIN)/python -m pytest -m ''
 
 clean:

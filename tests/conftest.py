@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 import time
 
@@ -124,7 +125,10 @@ def session_leak_check():
     # fds: the forkserver's alive pipe and the resource tracker's pipe are
     # opened once per interpreter; allow those few.
     fds_after = len(os.listdir("/proc/self/fd"))
-    assert fds_after <= fds_before + 4, f"fd leak: {fds_before} fds before the session, {fds_after} after"
+    # A Ray driver keeps about a dozen fds (its log and GCS clients) after
+    # ray.shutdown(), for the rest of the interpreter: not ours.
+    allowance = 4 + (16 if "ray" in sys.modules else 0)
+    assert fds_after <= fds_before + allowance, f"fd leak: {fds_before} fds before the session, {fds_after} after"
 
 
 def pytest_configure(config):
