@@ -328,9 +328,6 @@ class IMapIterator(Job):
         self._async_wake = None  # set by AsyncIMapIterator: wakes an event loop
         self._delivered = 0
 
-    def describe(self, index: int) -> str:
-        return f"item {index} of {self.name}"
-
     # -- engine / feeder side ---------------------------------------------------
     def deliver(self, index: int, ok: bool, value) -> None:
         with self._cond:

@@ -20,6 +20,15 @@ from sharkcage._engine.start import mark_own_thread
 log = logging.getLogger("sharkcage")
 
 
+def describe_task(kind: str, name: str, index: int) -> str:
+    """How errors and the timeline name one task: ``apply(f)``, ``task 3 of map(f)``, ``item 3 of imap(f)``."""
+    if kind in ("apply", "submit", "actor"):
+        return name
+    if kind in ("imap", "imap_unordered"):
+        return f"item {index} of {name}"
+    return f"task {index} of {name}"
+
+
 class Job:
     """Base sink. Subclasses implement ``_deliver``; ``name`` reads like ``map(square)``."""
 
@@ -32,9 +41,7 @@ class Job:
         self.progress = None  # an observe.progress.ProgressBar for map-like calls
 
     def describe(self, index: int) -> str:
-        if self.kind in ("apply", "submit", "actor"):
-            return self.name
-        return f"task {index} of {self.name}"
+        return describe_task(self.kind, self.name, index)
 
     def is_cancelled(self, index: int) -> bool:
         return self.cancel_requested

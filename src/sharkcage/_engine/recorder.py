@@ -12,6 +12,8 @@ import collections
 import threading
 import time
 
+from sharkcage._engine.jobs import describe_task
+
 
 MAX_EVENTS = 100_000  # timeline bars kept (the oldest are dropped first)
 _RSS_EVERY = 1.0  # seconds between RSS samples of one worker
@@ -82,18 +84,19 @@ class Recorder:
             self.done += n - failed
             self.failed += failed
             return
-        label = batch_label(batch)
-        with self._lock:
-            s = self._slot(slot_id)
-            s.tasks += n
-            s.busy += elapsed
-            self.done += n - failed
-            self.failed += failed
-            self._events.append((slot_id, pid, label, now - elapsed - self.t0, now - self.t0,
-                                 "ok" if not failed else "error", f"{failed} of {n} failed" if failed else ""))
-            if now - s.rss_at >= _RSS_EVERY:
-                s.rss_at = now
-                self._sample_rss(s)
+        # The hot path: no lock (this thread is the only writer, and a deque
+        # append is atomic) and no string formatting — the label and detail
+        # are made when someone asks for the timeline.
+        s = self._slots.get(slot_id) or self._slot(slot_id)
+        s.tasks += n
+        s.busy += elapsed
+        self.done += n - failed
+        self.failed += failed
+        self._events.append((slot_id, pid, _label_parts(batch), now - elapsed - self.t0, now - self.t0,
+                             failed, n))
+        if now - s.rss_at >= _RSS_EVERY:
+            s.rss_at = now
+            self._sample_rss(s)
 
     def task_ended(self, slot_id: int, pid: int, label: str, start: float | None, outcome: str, detail: str) -> None:
         """One task that ended its worker: a crash, a timeout, a cancel."""
@@ -103,7 +106,7 @@ class Recorder:
             if not self.enabled:
                 return
             begin = (start if start is not None else now) - self.t0
-            self._events.append((slot_id, pid, label, begin, now - self.t0, outcome, detail))
+            self._events.append((slot_id, pid, label, begin, now - self.t0, outcome, detail))  # a finished row
 
     def failed_without_running(self, n: int = 1) -> None:
         with self._lock:
@@ -150,10 +153,16 @@ class Recorder:
             raise ValueError("this pool records no timeline: it was created with record=False")
         with self._lock:
             rows = list(self._events)
-        return [
-            {"worker": w, "pid": pid, "label": label, "start": start, "end": end, "outcome": outcome, "detail": detail}
-            for (w, pid, label, start, end, outcome, detail) in rows
-        ]
+        events = []
+        for (w, pid, label, start, end, outcome, detail) in rows:
+            if isinstance(outcome, int):  # a batch: (failed, n) in the last two fields
+                failed, n = outcome, detail
+                label = _format_label(label)
+                outcome = "error" if failed else "ok"
+                detail = f"{failed} of {n} failed" if failed else ""
+            events.append({"worker": w, "pid": pid, "label": label, "start": start, "end": end,
+                           "outcome": outcome, "detail": detail})
+        return events
 
 
 _PAGE = None
@@ -184,13 +193,19 @@ def rss_of(pid: int) -> int | None:
         return None
 
 
-def batch_label(batch) -> str:
-    """``task 3 of map(f)``, ``tasks 0-99 of map(f)``, or ``5 tasks: apply(f), ...``."""
-    n = len(batch)
+def _label_parts(batch) -> tuple:
+    """What a batch's label is made of, without formatting it (hot path).
+    Only strings and ints: a timeline must not keep jobs (and their results) alive."""
     if batch.job is not None:
-        if n == 1:
-            return batch.job.describe(batch.indices[0])
-        first, last = batch.indices[0], batch.indices[-1]
-        return f"tasks {first}-{last} of {batch.job.name}"
-    first_job = batch.targets[0][0]
-    return f"{n} tasks: {first_job.describe(batch.targets[0][1])}, ..."
+        return (batch.job.kind, batch.job.name, batch.indices[0], batch.indices[-1], len(batch))
+    job, index = batch.targets[0]
+    return (job.kind, job.name, index, None, len(batch))
+
+
+def _format_label(parts) -> str:
+    kind, name, first, last, n = parts
+    if last is None:
+        return f"{n} tasks: {describe_task(kind, name, first)}, ..."
+    if n == 1:
+        return describe_task(kind, name, first)
+    return f"tasks {first}-{last} of {name}"
