@@ -211,7 +211,7 @@ def test_fast_path_costs_about_what_pickle_costs(arena):
     """A list of 100k small ints: arena.dumps within ~10% of pickle.dumps.
 
     Best-of timings, with a looser bound than the design target, because
-    the test machine is shared; benchmarks/RESULTS_zero_copy.md has the figure.
+    the test machine is shared; benchmarks/RESULTS.md (section 4) has the figure.
     """
     obj = list(range(100_000))
 
