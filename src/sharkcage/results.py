@@ -276,29 +276,25 @@ class MapResult(AsyncResult):
             value = self._values if self._ok else self._first_error
         self._settle(self._ok, value)
 
-
-def _deliver_map_range(self, indices, values) -> None:
-    with self._lock:
-        if self._event.is_set() or self._ok is not None or self._values is None:
-            return
-        if isinstance(indices, range) and indices.step == 1:
-            self._values[indices.start:indices.stop] = values
-        else:
-            for i, v in zip(indices, values):
-                self._values[i] = v
-        self._left -= len(values)
-        if self.progress is not None:
-            self.progress.ok(len(values))
-            if not self._left:
-                self.progress.close()
-        if self._left:
-            return
-        self._ok = self._first_error is None
-        value = self._values if self._ok else self._first_error
-    self._settle(self._ok, value)
-
-
-MapResult.deliver_range = _deliver_map_range
+    def deliver_range(self, indices, values) -> None:
+        with self._lock:
+            if self._event.is_set() or self._ok is not None or self._values is None:
+                return
+            if isinstance(indices, range) and indices.step == 1:
+                self._values[indices.start:indices.stop] = values
+            else:
+                for i, v in zip(indices, values):
+                    self._values[i] = v
+            self._left -= len(values)
+            if self.progress is not None:
+                self.progress.ok(len(values))
+                if not self._left:
+                    self.progress.close()
+            if self._left:
+                return
+            self._ok = self._first_error is None
+            value = self._values if self._ok else self._first_error
+        self._settle(self._ok, value)
 
 
 class IMapIterator(Job):

@@ -47,10 +47,6 @@ class ParentEnd:
     def queue(self, data: bytes) -> None:
         self._out.append(data)
 
-    @property
-    def wants_write(self) -> bool:
-        return bool(self._out)
-
     def flush(self) -> bool:
         """Write what the socket takes now; True when everything went out."""
         out = self._out
@@ -121,9 +117,6 @@ class WorkerEnd:
     def send(self, message) -> None:
         self.sock.sendall(encode(message))
 
-    def send_raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
     def _fill(self, need: int) -> None:
         while len(self._buf) < need:
             chunk = self.sock.recv(max(need - len(self._buf), 1 << 16))
@@ -143,5 +136,3 @@ class WorkerEnd:
     def has_buffered(self) -> bool:
         return len(self._buf) > 0
 
-    def fileno(self) -> int:
-        return self.sock.fileno()

@@ -377,9 +377,3 @@ def unpack_exception(data: bytes) -> BaseException:
     exc = payload
     exc.__cause__ = _RemoteTraceback(tb_text)
     return exc
-
-
-def format_exc_only(exc: BaseException) -> str:
-    buf = io.StringIO()
-    traceback.print_exception(type(exc), exc, exc.__traceback__, file=buf)
-    return buf.getvalue()

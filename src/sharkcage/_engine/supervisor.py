@@ -373,9 +373,6 @@ class Supervisor:
         join() waiting on them cannot wait on a consumer that is not there."""
         return self.state == "closing"
 
-    def pending_count(self) -> int:
-        return len(self.pending)
-
     def avg_task_seconds(self) -> float | None:
         """Measured run time of one item (an average), or None before any."""
         return self._avg_task if self._task_samples else None
@@ -394,7 +391,7 @@ class Supervisor:
             tb = traceback.format_exc()
             log.critical("sharkcage supervisor failed; the pool is stopped:\n%s", tb)
             self._fail_everything(SharkcageError(f"the pool's supervisor failed: {e!r}\n{tb}"))
-            self._kill_all(grace=0)
+            self._kill_all()
         finally:
             self._shutdown_resources()
 
@@ -1152,7 +1149,7 @@ class Supervisor:
         for w in self.workers.values():
             w.assigned.clear()
 
-    def _kill_all(self, grace: float) -> None:
+    def _kill_all(self) -> None:
         for w in list(self.workers.values()):
             if w.state != "dead":
                 self._kill(w)
