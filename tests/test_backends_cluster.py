@@ -264,10 +264,17 @@ def test_cancel_pending_tasks_never_kills_running_ones(backend):
         time.sleep(1.5)  # both slots busy: what follows waits (in the pool, or queued on a worker)
         queued = [p.apply_async(ch.square, (i,)) for i in range(8)]
         time.sleep(0.3)
-        assert queued[-1].cancel() and queued[-1].cancelled()
-        assert queued[3].cancel()
-        with pytest.raises(concurrent.futures.CancelledError):
-            queued[-1].get(5)
+        name, _ = backend
+        for k in (-1, 3):
+            if queued[k].cancel():
+                assert queued[k].cancelled()
+                with pytest.raises(concurrent.futures.CancelledError):
+                    queued[k].get(5)
+            else:
+                # Only Dask may already have run it: its scheduler sometimes
+                # starts the long tasks late under load and runs a queued one
+                # first. Then there was nothing to cancel — never a kill.
+                assert name == "dask" and queued[k].ready() and queued[k].get(0) == k % 8 * (k % 8)
         assert [r.get(60) for r in running] == [0, 1]
         assert [queued[i].get(60) for i in (0, 1, 2, 4, 5, 6)] == [0, 1, 4, 16, 25, 36]
 
