@@ -140,22 +140,31 @@ class _ForwardHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            # Like QueueHandler.prepare: format now, drop what may not pickle.
-            msg = record.getMessage()
-            if record.exc_info and not record.exc_text:
-                record.exc_text = logging.Formatter().formatException(record.exc_info)
-            d = dict(record.__dict__)
-            d.update(msg=msg, args=None, exc_info=None)
-            d.pop("message", None)
-            try:
-                data = pickle.dumps(d, 5)
-            except Exception:
-                d = {k: (v if isinstance(v, (str, int, float, type(None))) else repr(v)) for k, v in d.items()}
-                data = pickle.dumps(d, 5)
+            data = record_bytes(record)
             with self.send_lock:
                 self.chan.send(("log", data))
         except Exception:
             self.handleError(record)
+
+
+def record_bytes(record: logging.LogRecord) -> bytes:
+    """A log record as the parent rebuilds it (``logging.makeLogRecord``).
+
+    Like ``QueueHandler.prepare``: the message is formatted here and the
+    exception turned into text, so nothing that cannot pickle travels; any
+    other attribute that cannot pickle travels as its ``repr``.
+    """
+    msg = record.getMessage()
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    d = dict(record.__dict__)
+    d.update(msg=msg, args=None, exc_info=None)
+    d.pop("message", None)
+    try:
+        return pickle.dumps(d, 5)
+    except Exception:
+        d = {k: (v if isinstance(v, (str, int, float, type(None))) else repr(v)) for k, v in d.items()}
+        return pickle.dumps(d, 5)
 
 
 def _set_pdeathsig() -> None:
@@ -275,12 +284,17 @@ def main(sock: socket.socket, slot, config: bytes, streams=None) -> None:
     # copies of the parent's: a worker must not write to the parent's log
     # files itself (seed 000's inherited logging config). Every record goes
     # to the parent instead, whose own handlers — per logger — deal with it.
+    # Their levels are the parent's of that moment, too: reset to NOTSET, so
+    # the root's level (the parent's lowest, now) lets a record be made and
+    # the parent's own loggers — the authority — decide what to keep.
     root = logging.getLogger()
     for logger in [root] + [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]:
         for h in list(logger.handlers):
             logger.removeHandler(h)
         if logger is not root:
             logger.propagate = True
+            logger.setLevel(logging.NOTSET)
+            logger.disabled = False
     root.addHandler(_ForwardHandler(chan, send_lock))
     root.setLevel(cfg["log_level"])
 

@@ -259,18 +259,7 @@ class _Capture(logging.Handler):
         if record.thread != self.thread or record.levelno < self.level_wanted:
             return
         try:
-            msg = record.getMessage()
-            if record.exc_info and not record.exc_text:
-                record.exc_text = logging.Formatter().formatException(record.exc_info)
-            d = dict(record.__dict__)
-            d.update(msg=msg, args=None, exc_info=None)
-            d.pop("message", None)
-            try:
-                data = pickle.dumps(d, 5)
-            except Exception:
-                d = {k: (v if isinstance(v, (str, int, float, type(None))) else repr(v)) for k, v in d.items()}
-                data = pickle.dumps(d, 5)
-            self.records.append(data)
+            self.records.append(worker_mod.record_bytes(record))
         except Exception:
             self.handleError(record)
 
