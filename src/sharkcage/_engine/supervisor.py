@@ -42,12 +42,12 @@ import socket
 import threading
 import time
 import traceback
-import weakref
 from typing import Any, Callable
 
 from sharkcage._engine import replies, serialize, shm, start
 from sharkcage._engine.channel import ChannelClosed, ParentEnd, encode
 from sharkcage._engine.jobs import CallbackRunner, Job
+from sharkcage._engine.feeders import FeederRegistry
 from sharkcage._engine.output import LineWriter, OutputPipe, parent_stdio
 from sharkcage._engine.recorder import Recorder
 from sharkcage._engine.worker import (
@@ -190,7 +190,7 @@ def _parent_log_level() -> int:
     return level
 
 
-class Supervisor:
+class Supervisor(FeederRegistry):
     """The local engine behind Pool and ProcessPoolExecutor (see the module doc)."""
 
     def __init__(self, config: PoolConfig):
@@ -212,8 +212,7 @@ class Supervisor:
         self._fn_cache: dict[int, tuple[int, Any, bytes]] = {}
         self._fn_bytes: dict[int, bytes] = {}
         self._next_fn = 0
-        self._feeders = 0
-        self._feeder_set: "weakref.WeakSet" = weakref.WeakSet()
+        self._init_feeders()
         self._next_batch = 0
         self.pending: collections.deque[Batch] = collections.deque()
         self.inflight: dict[int, tuple[_Worker, Batch]] = {}
@@ -317,22 +316,7 @@ class Supervisor:
             raise ValueError("Pool not running")
         self._command("submit", batches)
 
-    def feeder_started(self, feeder=None) -> None:
-        with self._fn_lock:
-            self._feeders += 1
-            if feeder is not None:
-                self._feeder_set.add(feeder)
-
-    def stop_feeders(self, reason: str) -> None:
-        """Lazy inputs pull nothing more (executor shutdown); each says where it stopped."""
-        with self._fn_lock:
-            feeders = list(self._feeder_set)
-        for f in feeders:
-            f.stop(reason)
-
-    def feeder_finished(self) -> None:
-        with self._fn_lock:
-            self._feeders -= 1
+    def _feeders_changed(self) -> None:
         self._command("wake")
 
     def cancel(self, job: Job, running: bool = True) -> None:
@@ -1104,7 +1088,7 @@ class Supervisor:
 
     def _maybe_retire_idle(self) -> None:
         """When closing and all work is done, ask the workers to leave in order."""
-        if self.state != "closing" or self.pending or self.inflight or self._feeders:
+        if self.state != "closing" or self.pending or self.inflight or self.feeders_running():
             return
         for w in self.workers.values():
             if w.state in ("starting", "ready", "init_failed") and w.eof_deadline is None:
@@ -1119,7 +1103,7 @@ class Supervisor:
                 for w in self.workers.values():
                     if w.state != "dead":
                         self._kill(w)
-            return not self.workers and not self.pending and not self.inflight and not self._feeders
+            return not self.workers and not self.pending and not self.inflight and not self.feeders_running()
         if self.state == "terminating":
             return not self.workers
         return False

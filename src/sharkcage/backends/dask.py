@@ -68,6 +68,7 @@ from sharkcage._engine import replies, serialize, start
 from sharkcage._engine import worker as worker_mod
 from sharkcage._engine.jobs import CallbackRunner, Job
 from sharkcage._engine.recorder import Recorder
+from sharkcage._engine.feeders import FeederRegistry
 from sharkcage._engine.supervisor import Batch, _parent_log_level
 from sharkcage.errors import (
     SharkcageError,
@@ -567,7 +568,7 @@ class ClusterRecorder(Recorder):
         pass  # the pid belongs to a cluster worker, maybe on another host
 
 
-class ClusterBackend:
+class ClusterBackend(FeederRegistry):
     """The Backend protocol over a remote engine: one dispatcher thread per pool.
 
     Subclasses connect to their engine and implement ``_launch_remote``,
@@ -617,8 +618,7 @@ class ClusterBackend:
         self._suspects: set[int] = set()  # ids of pending one-task batches that must run alone
         self._state = "running"  # running -> closing -> stopped; or terminating
         self._reason = ""
-        self._feeders = 0
-        self._feeder_set: "weakref.WeakSet" = weakref.WeakSet()
+        self._init_feeders()
         self._slots = max(1, config.processes)
         self._slots_read = time.monotonic()
         self._avg_task = 0.0
@@ -675,22 +675,7 @@ class ClusterBackend:
             raise ValueError("Pool not running")
         self._events.put(("submit", batches))
 
-    def feeder_started(self, feeder=None) -> None:
-        with self._lock:
-            self._feeders += 1
-            if feeder is not None:
-                self._feeder_set.add(feeder)
-
-    def stop_feeders(self, reason: str) -> None:
-        """Lazy inputs pull nothing more (executor shutdown); each says where it stopped."""
-        with self._lock:
-            feeders = list(self._feeder_set)
-        for f in feeders:
-            f.stop(reason)
-
-    def feeder_finished(self) -> None:
-        with self._lock:
-            self._feeders -= 1
+    def _feeders_changed(self) -> None:
         self._events.put(("wake",))
 
     def cancel(self, job: Job, running: bool = True) -> None:
@@ -816,9 +801,7 @@ class ClusterBackend:
         if state == "terminating":
             return True
         if state == "closing":
-            with self._lock:
-                feeders = self._feeders
-            return not self._pending and not self._inflight and not feeders
+            return not self._pending and not self._inflight and not self.feeders_running()
         return False
 
     def _next_timeout(self) -> float | None:
@@ -1171,7 +1154,7 @@ class ClusterBackend:
         """Drop a per-call callable once nothing can use it any more."""
         with self._lock:
             fn = self._fns.get(fn_id)
-            if fn is None or not fn.per_call or self._feeders:
+            if fn is None or not fn.per_call or self.feeders_running():
                 return
         if any(b.fn_id == fn_id for b in self._pending) or any(f.batch.fn_id == fn_id for f in self._inflight.values()):
             return
