@@ -8,6 +8,7 @@ import concurrent.futures
 import gc
 import os
 import threading
+import textwrap
 import time
 
 import psutil
@@ -201,3 +202,31 @@ def test_fifty_quick_cycles_leave_nothing_behind():
     assert _fd_count() <= fds, f"fds: {fds} before 50 cycles, {_fd_count()} after"
     assert _children() <= children, "processes left:\n" + helpers.describe(_children() - children)
     assert len(_sharkcage_threads()) <= threads, [t.name for t in _sharkcage_threads()]
+
+
+JOIN_CTRL_C = textwrap.dedent(
+    """
+    import os, signal, threading, time
+    from sharkcage import Pool
+
+    if __name__ == "__main__":
+        pool = Pool(2)
+        pool.apply_async(time.sleep, (60,))
+        pool.close()
+        threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        t = time.monotonic()
+        try:
+            pool.join()          # waits for a 60 s task: Ctrl-C must get through
+        except KeyboardInterrupt:
+            print("INTERRUPTED %.2f" % (time.monotonic() - t), flush=True)
+    """
+)
+
+
+def test_ctrl_c_during_join_stops_the_pool():
+    """join() after close() waits for the work, but a Ctrl-C stops it at once."""
+    proc = helpers.run_python(["-c", JOIN_CTRL_C], timeout=20)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("INTERRUPTED")]
+    assert lines, proc.stdout + proc.stderr[-2000:]
+    assert float(lines[0].split()[1]) < 1.0 + 2.0
+    assert proc.returncode == 0, proc.stderr[-2000:]
