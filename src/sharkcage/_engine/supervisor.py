@@ -108,6 +108,42 @@ class Batch:
     def __len__(self) -> int:
         return len(self.items)
 
+    def subset(self, keep: list[int], dumps, failed) -> "Batch | None":
+        """A new batch (always split: one pickle per item) with the items at
+        ``keep``; None when nothing is left. An item that cannot be pickled on
+        its own (it could as part of its chunk) goes to ``failed(job, index,
+        error)`` instead. Every engine re-splits batches this one way."""
+        if self.split:
+            payload = [self.payload[i] for i in keep]
+        else:
+            payload, kept = [], []
+            for i in keep:
+                try:
+                    payload.append(dumps(self.items[i]))
+                except BaseException as e:  # noqa: BLE001 - one item's failure is its own
+                    job, index = self.targets[i]
+                    failed(job, index, serialize.serialization_error("argument", job.describe(index), self.items[i], e))
+                    continue
+                kept.append(i)
+            keep = kept
+        if not keep:
+            return None
+        items = [self.items[i] for i in keep]
+        if self.job is not None:
+            return Batch(self.fn_id, self.kind, None, items, payload, True, self.attempts,
+                         job=self.job, indices=[self.indices[i] for i in keep])
+        return Batch(self.fn_id, self.kind, [self.targets[i] for i in keep], items, payload, True, self.attempts)
+
+    def still_wanted(self, subset) -> "Batch | None":
+        """This batch without the tasks cancelled while it waited (each job's
+        ``start`` says), through ``subset(batch, keep)``; None if none is left."""
+        if self.job is not None:
+            return self if self.job.start_batch(self.indices) else None
+        live = [k for k, (job, i) in enumerate(self.targets) if job.start(i)]
+        if len(live) == len(self.targets):
+            return self
+        return subset(self, live) if live else None
+
 
 class _Worker:
     """The supervisor's record of one worker process."""
@@ -548,20 +584,13 @@ class Supervisor(FeederRegistry):
             return b
         return self._subset(b, keep)
 
-    def _subset(self, b: Batch, keep: list[int]) -> Batch:
-        """A new batch with only the items at ``keep`` (always sent split)."""
-        if b.split:
-            payload = [b.payload[i] for i in keep]
-        else:
-            payload = [serialize.dumps_data(b.items[i], self.arena, owned=True) for i in keep]
-        if b.job is not None:
-            nb = Batch(b.fn_id, b.kind, None, [b.items[i] for i in keep], payload, True, b.attempts,
-                       job=b.job, indices=[b.indices[i] for i in keep])
-        else:
-            nb = Batch(b.fn_id, b.kind, [b.targets[i] for i in keep], [b.items[i] for i in keep], payload, True,
-                       b.attempts)
-        self._next_batch += 1
-        nb.id = self._next_batch
+    def _subset(self, b: Batch, keep: list[int]) -> Batch | None:
+        """A new batch with only the items at ``keep`` (see Batch.subset), with its own id."""
+        nb = b.subset(keep, lambda item: serialize.dumps_data(item, self.arena, owned=True),
+                      lambda job, index, err: self._deliver(job, index, False, err))
+        if nb is not None:
+            self._next_batch += 1
+            nb.id = self._next_batch
         return nb
 
     # ------------------------------------------------------------------
@@ -724,7 +753,9 @@ class Supervisor(FeederRegistry):
             if batch is not None:
                 # The whole chunk failed to unpickle: re-send it item by item so
                 # the failure lands on the right task(s) and nothing else.
-                self.pending.appendleft(self._subset(batch, list(range(len(batch.targets)))))
+                again = self._subset(batch, list(range(len(batch.targets))))
+                if again is not None:
+                    self.pending.appendleft(again)
         elif tag == "skipped":
             # Cancelled before it started; the job already holds its outcome.
             self._finish_batch(w, msg[1])
@@ -817,15 +848,9 @@ class Supervisor(FeederRegistry):
         pending = self.pending
         while pending:
             b = pending.popleft()
-            if b.job is not None:
-                if not b.job.start_batch(b.indices):
-                    continue  # cancelled while pending
-            else:
-                live = [k for k, (job, i) in enumerate(b.targets) if job.start(i)]
-                if len(live) != len(b.targets):
-                    if not live:
-                        continue
-                    b = self._subset(b, live)
+            b = b.still_wanted(self._subset)
+            if b is None:
+                continue  # all cancelled while pending
             # Coalesce single-task submits of known-tiny tasks into one
             # message, up to a fair share of what is pending.
             if b.split and len(b) == 1 and pending and self._task_samples and self._avg_task < 0.001:
@@ -1024,13 +1049,17 @@ class Supervisor(FeederRegistry):
                 # Died while (un)pickling the batch as a whole: the culprit is
                 # unknown, so run its items one by one to find it.
                 for k in range(n):
-                    requeue.append(self._subset(batch, [k]))
+                    one = self._subset(batch, [k])
+                    if one is not None:
+                        requeue.append(one)
                 continue
             item = max(item, 0)
             job, index = batch.targets[item]
             others = [k for k in range(n) if k != item]
             if others:
-                requeue.append(self._subset(batch, others))
+                rest = self._subset(batch, others)
+                if rest is not None:
+                    requeue.append(rest)
             self._settle_culprit(w, batch, item, exitcode, running[2])
         w.assigned.clear()
         for b in reversed(requeue):
@@ -1074,8 +1103,9 @@ class Supervisor(FeederRegistry):
             return  # _terminate already failed everything outstanding
         if batch.attempts < self.config.retries:
             retry = self._subset(batch, [item])
-            retry.attempts = batch.attempts + 1
-            self.pending.appendleft(retry)
+            if retry is not None:  # None: it cannot even be pickled alone (already settled)
+                retry.attempts = batch.attempts + 1
+                self.pending.appendleft(retry)
             return
         cause = _oom_hint(exitcode)
         err = WorkerCrashedError(w.pid, exitcode, task=what, cause=cause, attempts=batch.attempts + 1,

@@ -869,17 +869,9 @@ class ClusterBackend(FeederRegistry):
         pending = self._pending
         while pending:
             b = pending.popleft()
-            if b.job is not None:
-                if not b.job.start_batch(b.indices):
-                    continue  # cancelled while pending
-            else:
-                live = [k for k, (job, i) in enumerate(b.targets) if job.start(i)]
-                if len(live) != len(b.targets):
-                    if not live:
-                        continue
-                    b = self._subset(b, live)
-                    if b is None:
-                        continue
+            b = b.still_wanted(self._subset)
+            if b is None:
+                continue  # all cancelled while pending
             # Coalesce single-task submits into one remote call, up to a fair
             # share: a remote call costs far more than a local message.
             if b.split and len(b) == 1 and pending:
@@ -900,28 +892,8 @@ class ClusterBackend(FeederRegistry):
         return None
 
     def _subset(self, b: Batch, keep: list[int]) -> Batch | None:
-        """A new batch with only the items at ``keep``, one pickle per item."""
-        if b.split:
-            payload = [b.payload[i] for i in keep]
-        else:
-            payload, kept = [], []
-            for i in keep:
-                try:
-                    payload.append(serialize.dumps(b.items[i]))
-                except BaseException as e:  # noqa: BLE001 - pickled fine as a chunk; be safe anyway
-                    job, index = b.targets[i]
-                    self._deliver(job, index, False,
-                                  serialize.serialization_error("argument", job.describe(index), b.items[i], e))
-                    continue
-                kept.append(i)
-            if not kept:
-                return None
-            keep = kept
-        items = [b.items[i] for i in keep]
-        if b.job is not None:
-            return Batch(b.fn_id, b.kind, None, items, payload, True, b.attempts,
-                         job=b.job, indices=[b.indices[i] for i in keep])
-        return Batch(b.fn_id, b.kind, [b.targets[i] for i in keep], items, payload, True, b.attempts)
+        """A new batch with only the items at ``keep``, one pickle per item (Batch.subset)."""
+        return b.subset(keep, serialize.dumps, lambda job, index, err: self._deliver(job, index, False, err))
 
     def _launch(self, batch: Batch, alone: bool = False) -> None:
         if self.stream_items and not batch.split:
