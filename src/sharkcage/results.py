@@ -259,42 +259,46 @@ class MapResult(AsyncResult):
 
     def deliver(self, index: int, ok: bool, value) -> None:
         with self._lock:
-            if self._event.is_set() or self._ok is not None or self._values is None:
+            if self._taken():
                 return
             if ok:
                 self._values[index] = value
             elif self._first_error is None:
                 self._first_error = value
-            self._left -= 1
-            if self.progress is not None:
-                self.progress.ok() if ok else self.progress.error()
-                if not self._left:
-                    self.progress.close()
-            if self._left:
-                return
-            self._ok = self._first_error is None
-            value = self._values if self._ok else self._first_error
-        self._settle(self._ok, value)
+            outcome = self._count(1 if ok else 0, 0 if ok else 1)
+        if outcome is not None:
+            self._settle(*outcome)
 
     def deliver_range(self, indices, values) -> None:
         with self._lock:
-            if self._event.is_set() or self._ok is not None or self._values is None:
+            if self._taken():
                 return
             if isinstance(indices, range) and indices.step == 1:
                 self._values[indices.start:indices.stop] = values
             else:
                 for i, v in zip(indices, values):
                     self._values[i] = v
-            self._left -= len(values)
-            if self.progress is not None:
-                self.progress.ok(len(values))
-                if not self._left:
-                    self.progress.close()
-            if self._left:
-                return
-            self._ok = self._first_error is None
-            value = self._values if self._ok else self._first_error
-        self._settle(self._ok, value)
+            outcome = self._count(len(values), 0)
+        if outcome is not None:
+            self._settle(*outcome)
+
+    def _taken(self) -> bool:
+        return self._event.is_set() or self._ok is not None or self._values is None
+
+    def _count(self, ok: int, failed: int):
+        """Under the lock: n more outcomes in; (ok, value) when the last is."""
+        self._left -= ok + failed
+        if self.progress is not None:
+            if ok:
+                self.progress.ok(ok)
+            if failed:
+                self.progress.error(failed)
+            if not self._left:
+                self.progress.close()
+        if self._left:
+            return None
+        self._ok = self._first_error is None
+        return self._ok, (self._values if self._ok else self._first_error)
 
 
 class IMapIterator(Job):
