@@ -74,18 +74,29 @@ class CallbackRunner:
 
     def __init__(self, name: str):
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = mark_own_thread(threading.Thread(target=self._run, name=name, daemon=True))
-        self._thread.start()
+        self._name = name
+        self._thread: threading.Thread | None = None  # started by the first callback
+        self._start_lock = threading.Lock()
+        self._stopped = False
 
     def call(self, fn, *args) -> None:
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None and not self._stopped:
+                    thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                    mark_own_thread(thread).start()
+                    self._thread = thread
         self._queue.put((fn, args))
 
     def stop(self) -> None:
+        with self._start_lock:
+            self._stopped = True
         self._queue.put(None)
 
     def join(self, timeout: float | None) -> None:
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def _run(self) -> None:
         while True:

@@ -154,8 +154,17 @@ def _tracker():
     return resource_tracker
 
 
+def _adopt_zygote_tracker() -> None:
+    # A pool's zygote starts the tracker every worker shares; this process
+    # adopts it (on first need) instead of starting a second one.
+    zygote = sys.modules.get("sharkcage._engine.zygote")
+    if zygote is not None:
+        zygote.adopt_tracker()
+
+
 def _ensure_tracker() -> None:
     """Start (or join) the tracker now, so forked children share it."""
+    _adopt_zygote_tracker()
     try:
         _tracker().ensure_running()
     except Exception:  # noqa: BLE001 - best effort: without it only crash cleanup is lost
@@ -163,6 +172,7 @@ def _ensure_tracker() -> None:
 
 
 def _track(name: str) -> None:
+    _adopt_zygote_tracker()
     try:
         _tracker().register("/" + name, _RTYPE)
     except Exception:  # noqa: BLE001
@@ -196,6 +206,7 @@ def _tracker_token() -> str | None:
     tracker; otherwise the sender's tracker would still hold the name and a
     foreign one would print a KeyError for it.
     """
+    _adopt_zygote_tracker()
     try:
         fd = _tracker()._resource_tracker._fd
         if fd is None:
@@ -645,7 +656,7 @@ class SegmentArena:
     820000
     """
 
-    def __init__(self, prefix: str, threshold: int = DEFAULT_THRESHOLD):
+    def __init__(self, prefix: str, threshold: int = DEFAULT_THRESHOLD, start_tracker: bool = True):
         if not prefix or "/" in prefix or len(prefix) > 200:
             raise ValueError(f"a segment prefix must be a short name without '/', not {prefix!r}")
         if threshold < 1:
@@ -658,7 +669,7 @@ class SegmentArena:
         self._lock = threading.Lock()
         self.bytes_shared = 0  # bytes this arena wrote to shared memory
         self.bytes_received = 0  # bytes loads() attached through this arena
-        if self.enabled:
+        if self.enabled and start_tracker:  # a zygote's pool: the zygote starts it, off our path
             _ensure_tracker()
 
     def _next_name(self) -> str:

@@ -149,13 +149,14 @@ def resolve_context(start_method: str | None, context) -> tuple[multiprocessing.
             raise ValueError(
                 f"context= uses {ctx_method!r} but start_method={start_method!r}; pass only one of them"
             )
-    _patch_preparation_data()
     if context is not None:
         if not hasattr(context, "get_start_method") or not hasattr(context, "Process"):
             raise TypeError(
                 f"context= must be a multiprocessing context (multiprocessing.get_context(...)), not {context!r}"
             )
         method = context.get_start_method()
+        if not uses_zygote(method, context):
+            _patch_preparation_data()
         return context, method
     method = start_method or default_method()
     available = multiprocessing.get_all_start_methods()
@@ -164,7 +165,10 @@ def resolve_context(start_method: str | None, context) -> tuple[multiprocessing.
             f"start_method={method!r} is not available here; choose one of {available} "
             "(or leave it unset for the safe default)"
         )
-    return multiprocessing.get_context(method), method
+    context = multiprocessing.get_context(method)
+    if not uses_zygote(method, context):
+        _patch_preparation_data()  # spawn and the stdlib forkserver re-run __main__ otherwise
+    return context, method
 
 
 def preload_candidates() -> list[str]:
@@ -206,7 +210,7 @@ def ensure_forkserver(ctx) -> None:
         server = forkserver._forkserver
         if getattr(server, "_forkserver_pid", None) is not None:
             return
-        if sys.platform.startswith("linux") and _fork_is_safe_here():
+        if sys.platform.startswith("linux") and fork_is_safe_here():
             try:
                 _fork_zygote(server)
                 return
@@ -220,7 +224,17 @@ def ensure_forkserver(ctx) -> None:
             os.environ.pop("SHARKCAGE_PRELOAD", None)
 
 
-def _fork_is_safe_here() -> bool:
+def uses_zygote(method: str, context) -> bool:
+    """Whether a pool's workers are forked by sharkcage's zygote (zygote.py):
+    the default start method, or ``"forkserver"`` asked for by name or with
+    the stdlib's own forkserver context, on Linux. A custom context object
+    is the user's machinery and is used as it is."""
+    if method != "forkserver" or not sys.platform.startswith("linux"):
+        return False
+    return context is None or context is multiprocessing.get_context("forkserver")
+
+
+def fork_is_safe_here() -> bool:
     """True when forking this process now cannot copy a lock held by another thread.
 
     Only the main thread may run — at the OS level. The one exception is a

@@ -34,6 +34,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
+import mmap
 import os
 import pickle
 import selectors
@@ -44,7 +45,7 @@ import time
 import traceback
 from typing import Any, Callable
 
-from sharkcage._engine import replies, serialize, shm, start
+from sharkcage._engine import replies, serialize, shm, start, zygote
 from sharkcage._engine.channel import ChannelClosed, ParentEnd, encode
 from sharkcage._engine.jobs import CallbackRunner, Job
 from sharkcage._engine.feeders import FeederRegistry
@@ -214,6 +215,7 @@ class PoolConfig:
         self.label_output = label_output
         self.record = record
         self.shm_threshold = shm_threshold
+        self.use_zygote = start.uses_zygote(method, context)
 
 
 def _parent_log_level() -> int:
@@ -238,7 +240,10 @@ class Supervisor(FeederRegistry):
         init = serialize.dumps_callable(config.initializer) if config.initializer is not None else None
         fin = serialize.dumps_callable(config.finalizer) if config.finalizer is not None else None
         initargs = serialize.dumps_callable(config.initargs) if init is not None else None
-        start.ensure_forkserver(config.context)
+        if config.use_zygote:
+            zygote.ensure()  # now, while this thread may be the only one: a fork, not a spawn
+        else:
+            start.ensure_forkserver(config.context)
         self._commands: collections.deque = collections.deque()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
@@ -265,11 +270,11 @@ class Supervisor(FeederRegistry):
         # Big buffers through shared memory: the parent's arena for arguments;
         # each worker has its own under the same root (see shm.py).
         self.shm_root = shm.pool_prefix()
-        self.arena = shm.SegmentArena(self.shm_root + "p", threshold=config.shm_threshold)
+        self.arena = shm.SegmentArena(
+            self.shm_root + "p", threshold=config.shm_threshold, start_tracker=not config.use_zygote
+        )
         self.recorder.shm_source = self.arena
-        import tempfile  # here, not at import: it pulls in shutil, random, bz2...
-
-        self._stack_dir = tempfile.mkdtemp(prefix="sharkcage-stacks-")
+        self._stack_dir = _private_dir("sharkcage-stacks-")
         self._slots_used: set[int] = set()
         self._warned: set = set()  # (pid, batch id, item) already reported by warn_after
         self._stack_reads: list = []  # (when, worker, label, seconds): warn_after reads pending
@@ -502,12 +507,15 @@ class Supervisor(FeederRegistry):
 
     def _running_item(self, w: _Worker):
         """(batch_id, item, start) of the item the worker runs now, or None."""
-        q = w.slot_view.q
-        batch_id = q[SLOT_BATCH]
-        if batch_id < 0:
+        try:
+            q = w.slot_view.q
+            batch_id = q[SLOT_BATCH]
+            if batch_id < 0:
+                return None
+            item = q[SLOT_ITEM]
+            started = w.slot_view.d[SLOT_START]
+        except ValueError:  # released: the worker was reaped while a caller thread asked
             return None
-        item = q[SLOT_ITEM]
-        started = w.slot_view.d[SLOT_START]
         if q[SLOT_BATCH] != batch_id:  # torn read: the worker moved on
             return None
         return batch_id, item, started
@@ -613,26 +621,19 @@ class Supervisor(FeederRegistry):
                     s.setsockopt(socket.SOL_SOCKET, opt, 1 << 20)
                 except OSError:
                     pass
-        w.slot = cfg.context.RawArray("q", SLOT_SIZE)
-        w.slot_view = Slot(w.slot)
-        w.slot_view.q[SLOT_BATCH] = -1
         wcfg = dict(self._worker_config, worker_id=slot_id, stack_file=self._stack_path(slot_id))
-        from sharkcage._engine import worker as worker_mod
-
+        name = f"sharkcage-{cfg.name}-worker-{slot_id}"
         streams = None
         child_streams = None if cfg.method == "fork" else parent_stdio()
         if cfg.label_output:
             pairs = [socket.socketpair(), socket.socketpair()]
             child_streams = (pairs[0][1], pairs[1][1])
             streams = [OutputPipe(pairs[k][0], k + 1, f"[worker {slot_id}] ") for k in (0, 1)]
-        proc = cfg.context.Process(
-            target=worker_mod.main,
-            args=(child_sock, w.slot, pickle.dumps(wcfg, 5), child_streams),
-            name=f"sharkcage-{cfg.name}-worker-{slot_id}",
-            daemon=True,
-        )
         try:
-            _start_process(proc)
+            if cfg.use_zygote:
+                proc = self._fork_from_zygote(w, name, child_sock, child_streams)
+            else:
+                proc = self._start_from_context(w, name, child_sock, child_streams, wcfg)
         except BaseException as e:  # noqa: BLE001
             parent_sock.close()
             for pipe in streams or ():
@@ -659,6 +660,46 @@ class Supervisor(FeederRegistry):
         self.workers[slot_id] = w
         self.selector.register(w.end.fd, selectors.EVENT_READ, ("chan", w))
         self.selector.register(w.sentinel, selectors.EVENT_READ, ("sentinel", w))
+        if cfg.use_zygote:  # its configuration is the first message it reads
+            w.end.queue(encode(("config", pickle.dumps(wcfg, 5))))
+            self._want_write(w)
+
+    def _fork_from_zygote(self, w: _Worker, name: str, child_sock, child_streams):
+        """Fork the worker from the zygote; its slot is a memfd both map."""
+        fd = os.memfd_create("sharkcage-slot", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(fd, SLOT_SIZE * 8)
+            w.slot = mmap.mmap(fd, SLOT_SIZE * 8)
+            w.slot_view = Slot(w.slot)
+            w.slot_view.q[SLOT_BATCH] = -1
+            fds = [child_sock.fileno(), fd]
+            if child_streams is not None:
+                fds += [s if isinstance(s, int) else s.fileno() for s in
+                        (getattr(c, "fd", c) for c in child_streams)]
+            try:
+                return zygote.ensure().start(name, fds)
+            except zygote.ZygoteError:
+                # It died (killed, OOM): a fresh one, once, then give up on this start.
+                return zygote.ensure().start(name, fds)
+        finally:
+            os.close(fd)
+
+    def _start_from_context(self, w: _Worker, name: str, child_sock, child_streams, wcfg: dict):
+        """Start the worker with the multiprocessing context the user chose."""
+        from sharkcage._engine import worker as worker_mod
+
+        cfg = self.config
+        w.slot = cfg.context.RawArray("q", SLOT_SIZE)
+        w.slot_view = Slot(w.slot)
+        w.slot_view.q[SLOT_BATCH] = -1
+        proc = cfg.context.Process(
+            target=worker_mod.main,
+            args=(child_sock, w.slot, pickle.dumps(wcfg, 5), child_streams),
+            name=name,
+            daemon=True,
+        )
+        _start_process(proc)
+        return proc
 
     def _forward_output(self, w: _Worker, pipe: OutputPipe) -> None:
         lines, eof = pipe.read_lines()
@@ -1033,6 +1074,7 @@ class Supervisor(FeederRegistry):
             w.process.close()
         except ValueError:
             pass
+        w.slot_view.close()  # its fd (a memfd or heap arena) goes now, not at some GC
         orderly = previous_state in ("exiting", "retiring") and exitcode == 0 and not w.assigned
         self.recorder.worker_ended(w.slot_id, crashed=not orderly and self.state != "terminating")
         requeue: list[Batch] = []
@@ -1193,6 +1235,13 @@ class Supervisor(FeederRegistry):
                 w.end.close()
             except Exception:
                 pass
+            if getattr(w, "slot_view", None) is not None:
+                w.slot_view.close()
+            if getattr(w, "process", None) is not None:
+                try:
+                    w.process.close()
+                except ValueError:
+                    pass
             for pipe in list(w.streams):
                 pipe.close()
         self.workers.clear()
@@ -1205,14 +1254,50 @@ class Supervisor(FeederRegistry):
                 os.close(fd)
             except OSError:
                 pass
-        import shutil
-
-        shutil.rmtree(self._stack_dir, ignore_errors=True)
+        _remove_dir(self._stack_dir)
         shm.sweep(self.shm_root)  # the parent's arena, every worker's, the pool's shares
         if self._line_writer is not None:
             self._line_writer.stop()
         self.callbacks.stop()
         self.done.set()
+
+
+def _private_dir(prefix: str) -> str:
+    """A new directory only we can use, like ``tempfile.mkdtemp`` — whose
+    import (shutil, random, bz2...) cost a pool start more than the call."""
+    bases = [os.environ.get(k) for k in ("TMPDIR", "TEMP", "TMP")] + ["/tmp", "/var/tmp", os.getcwd()]
+    for base in filter(None, bases):
+        for _ in range(10):
+            path = os.path.join(base, f"{prefix}{os.getpid()}-{os.urandom(6).hex()}")
+            try:
+                os.mkdir(path, 0o700)  # fails if it exists: never someone else's directory
+                return path
+            except FileExistsError:
+                continue
+            except OSError:
+                break
+    import tempfile  # the stdlib's fallbacks, if none of ours was writable
+
+    return tempfile.mkdtemp(prefix=prefix)
+
+
+def _remove_dir(path: str) -> None:
+    """Remove a directory made by _private_dir and the files in it."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return
+    for name in names:
+        try:
+            os.unlink(os.path.join(path, name))
+        except OSError:
+            pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        import shutil  # something unexpected inside: the thorough way
+
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _start_process(proc) -> None:

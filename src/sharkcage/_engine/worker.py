@@ -75,6 +75,18 @@ class Slot:
         mem = memoryview(raw).cast("B")
         self.q = mem.cast("q")
         self.d = mem.cast("d")
+        mem.release()
+
+    def close(self) -> None:
+        """Release the views and unmap (an mmap's fd closes with it)."""
+        self.q.release()
+        self.d.release()
+        close = getattr(self.raw, "close", None)
+        if close is not None:
+            try:
+                close()
+            except (BufferError, ValueError):
+                pass
 
 _SIMPLE = frozenset({int, float, str, bytes, bool, type(None), complex})
 ITEM_UNPICKLING, ITEM_PICKLING = -1, -2
@@ -235,8 +247,12 @@ def _rss_bytes() -> int:
         return psutil.Process().memory_info().rss
 
 
-def main(sock: socket.socket, slot, config: bytes, streams=None) -> None:
-    """Entry point of a worker process (the target of multiprocessing.Process)."""
+def main(sock: socket.socket, slot, config: bytes | None, streams=None) -> None:
+    """Entry point of a worker process (the target of multiprocessing.Process).
+
+    ``config`` is None for a worker forked by the zygote: the supervisor
+    sends it as the first message on the channel instead.
+    """
     global _state, _info
     _set_pdeathsig()
     if streams is not None:  # the supervisor's sockets (label_output) or the parent's fds 1/2
@@ -264,6 +280,11 @@ def main(sock: socket.socket, slot, config: bytes, streams=None) -> None:
     watchdog._sharkcage_own = True  # not a "foreign" thread for fork checks
     watchdog.start()
 
+    if config is None:
+        try:
+            _, config = chan.recv()  # ("config", bytes): the supervisor's first message
+        except (ChannelClosed, OSError):
+            os._exit(0)
     cfg = pickle.loads(config)
     worker_id = cfg["worker_id"]
     global _arena

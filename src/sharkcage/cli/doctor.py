@@ -701,6 +701,8 @@ def _started_by(cmdline: list[str], parent_cmdline: list[str] | None) -> str | N
         return "spawn"
     if "multiprocessing.forkserver" in joined:
         return "forkserver (the server)" if cmdline != parent_cmdline else "forkserver"
+    if "sharkcage._engine.zygote" in joined:
+        return "spawn (sharkcage's zygote)"
     if parent_cmdline is not None and cmdline and cmdline == parent_cmdline:
         return "fork (no exec)"
     return "exec" if parent_cmdline is not None else None

@@ -1,0 +1,562 @@
+"""The zygote: one clean, single-threaded process every worker is forked from.
+
+Why not the stdlib's forkserver: its protocol costs a start. Each new
+process is a fresh connection to the server, the resource tracker's fd and
+a pickled preparation record (``sys.path``, main module, the Process
+object) per child, and the child unpickles and "prepares" before running a
+line of ours. The zygote speaks one message each way over a SEQPACKET
+socket it was born with::
+
+    parent (any thread, under a lock)              zygote (its only thread)
+    ---------------------------------              ------------------------
+    sendmsg(name, fds=[channel, slot, out?, err?]) fork() -> the child runs
+                                                     worker.main(channel, ...)
+    recvmsg <- (pid, fds=[status])                 pidfd_open(child): when it
+                                                     exits, waitpid() and write
+    the status pipe is the worker's sentinel:         its exit code into the
+      readable when the exit code is in, or          status pipe, then close it
+      at EOF when the zygote itself died
+
+The worker's configuration does not travel here: the supervisor writes it
+as the first frame on the worker's own channel, so it has no size limit.
+
+How the zygote is born (once per process, shared by every pool):
+
+* *forked* from the parent when the parent is single-threaded at the OS
+  level (OpenBLAS's fork-safe thread pool allowed): no interpreter start,
+  every module already imported, and no lock can be held by a thread that
+  will not exist in the child because there is none. Every fd it inherited
+  is pointed at /dev/null rather than closed, so that no Python object of
+  the parent's heap it carries can ever close a number a worker reuses;
+* otherwise *spawned* (``python -c``) with the parent's ``sys.path``,
+  working directory, authkey and imported packages preloaded.
+
+Either way the zygote ignores Ctrl-C (it is the parent's to handle) and
+exits when the parent's end of the socket closes; its workers, which set
+PR_SET_PDEATHSIG, die with it, and their sentinels fire. The next pool
+start makes a new zygote.
+
+The resource tracker (who unlinks shared-memory segments a SIGKILLed
+process left behind) is started by the zygote, at low priority so its
+interpreter start does not compete with the first workers, and adopted by
+the parent: parent, zygote and workers all share one.
+
+>>> import os
+>>> from sharkcage import Pool
+>>> from sharkcage._engine import zygote
+>>> with Pool(1) as pool:
+...     worker_pid = pool.apply(os.getpid)
+>>> zygote.ensure().pid in zygote.service_pids()   # one zygote, kept for the next pool
+True
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+
+_lock = threading.Lock()
+_zygote: "Zygote | None" = None
+_STATUS = struct.Struct("q")
+_UNKNOWN_EXIT = -signal.SIGKILL  # the zygote died first: its workers were SIGKILLed (PDEATHSIG)
+
+
+class ZygoteError(OSError):
+    """The zygote could not start a worker (it died, or fork failed there)."""
+
+
+class WorkerProcess:
+    """The parent's handle on a worker forked by the zygote.
+
+    Quacks like the part of ``multiprocessing.Process`` the supervisor
+    uses: ``pid``, ``sentinel`` (an fd, readable once the worker is gone),
+    ``exitcode``, ``join``, ``is_alive``, ``close``.
+    """
+
+    __slots__ = ("pid", "sentinel", "_exitcode", "_got")
+
+    def __init__(self, pid: int, sentinel: int):
+        self.pid = pid
+        self.sentinel = sentinel
+        self._exitcode = None
+        self._got = b""
+
+    def _poll(self, timeout: float | None) -> None:
+        if self._exitcode is not None or self.sentinel is None:
+            return
+        try:
+            ready, _, _ = select.select([self.sentinel], [], [], timeout)
+        except (OSError, ValueError):
+            ready = [self.sentinel]
+        if not ready:
+            return
+        try:
+            data = os.read(self.sentinel, _STATUS.size - len(self._got))
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # EOF without a status: the zygote died (and with it, the worker)
+            self._exitcode = _UNKNOWN_EXIT
+            return
+        self._got += data
+        if len(self._got) == _STATUS.size:
+            self._exitcode = _STATUS.unpack(self._got)[0]
+
+    @property
+    def exitcode(self) -> int | None:
+        self._poll(0)
+        return self._exitcode
+
+    def join(self, timeout: float | None = None) -> None:
+        self._poll(timeout)
+
+    def is_alive(self) -> bool:
+        return self.exitcode is None
+
+    def close(self) -> None:
+        if self.sentinel is not None:
+            try:
+                os.close(self.sentinel)
+            except OSError:
+                pass
+            self.sentinel = None
+
+
+class Zygote:
+    """The parent's end of a zygote: :meth:`start` forks one worker there."""
+
+    def __init__(self, sock: socket.socket, pid: int, popen=None, hello: bool = True):
+        self.sock = sock
+        self.pid = pid
+        self._popen = popen  # the subprocess.Popen of a spawned zygote (reaped with it)
+        self._lock = threading.Lock()
+        self._hello_pending = hello  # a forked zygote says hello with its tracker
+        self.alive = True
+
+    def adopt_tracker(self) -> None:
+        """Read the zygote's hello once: the resource tracker it started
+        becomes this process's too (unless this one already has one)."""
+        if self._hello_pending:
+            with self._lock:
+                self._read_hello()
+
+    def _read_hello(self) -> None:
+        if not self._hello_pending:
+            return
+        self._hello_pending = False
+        try:
+            msg, fds, _, _ = socket.recv_fds(self.sock, 256, 1)
+        except OSError:
+            msg, fds = b"", []
+        if not msg:
+            self.alive = False
+            return
+        tracker = _tracker()
+        if not fds:
+            return  # it could not start one: each process starts its own when it must
+        if tracker._fd is None:
+            tracker._fd = fds[0]
+            tracker._pid = None
+        else:
+            os.close(fds[0])
+
+    def start(self, name: str, fds: list[int]) -> WorkerProcess:
+        """Fork a worker named ``name`` holding ``fds`` (channel, slot, out?, err?)."""
+        request = pickle.dumps((name, len(fds)))
+        with self._lock:
+            self._read_hello()
+            if not self.alive:
+                raise ZygoteError("the zygote has exited")
+            try:
+                socket.send_fds(self.sock, [request], fds)
+                msg, got, _, _ = socket.recv_fds(self.sock, 256, 1)
+            except OSError as e:
+                self.alive = False
+                raise ZygoteError(f"the zygote is gone ({e!r})") from e
+            if not msg:
+                self.alive = False
+                for fd in got:
+                    os.close(fd)
+                raise ZygoteError("the zygote has exited")
+        reply = pickle.loads(msg)
+        if reply[0] != "ok":  # fork failed in the zygote (EAGAIN, ENOMEM)
+            for fd in got:
+                os.close(fd)
+            raise ZygoteError(reply[1])
+        return WorkerProcess(reply[1], got[0])
+
+    def stop(self) -> None:
+        """Close our end: the zygote exits, and so do the workers it forked."""
+        self.alive = False
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        if self._popen is not None:
+            try:
+                self._popen.wait(5)
+            except Exception:
+                pass
+        else:
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+
+
+def ensure() -> Zygote:
+    """The process's live zygote, started (forked or spawned) on first use."""
+    global _zygote
+    with _lock:
+        if _zygote is not None and _zygote.alive and _reap_if_dead(_zygote):
+            return _zygote
+        if _zygote is not None:
+            _zygote.stop()
+            _zygote = None
+        from sharkcage._engine import start
+
+        if start.fork_is_safe_here():
+            try:
+                _zygote = _fork_zygote()
+                return _zygote
+            except OSError:
+                pass  # no fork here: spawn one
+        _zygote = _spawn_zygote()
+        return _zygote
+
+
+def adopt_tracker() -> None:
+    """Make sure this process uses its zygote's resource tracker, if it has
+    a zygote (shm calls this before it registers a segment)."""
+    z = _zygote
+    if z is not None and z._hello_pending:
+        z.adopt_tracker()
+
+
+def service_pids() -> set[int]:
+    """The pids of the zygote and of the resource tracker it started (for
+    leak checks and ``sharkcage doctor``: long-lived helpers, not leaks)."""
+    z = _zygote
+    if z is None or not z.alive:
+        return set()
+    pids = {z.pid}
+    try:
+        import psutil
+
+        for child in psutil.Process(z.pid).children():
+            if "resource_tracker" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+    except Exception:  # noqa: BLE001 - psutil.Error, or no psutil: the zygote alone
+        pass
+    return pids
+
+
+def _reap_if_dead(z: Zygote) -> bool:
+    """True if the zygote still runs (a dead forked one is reaped here)."""
+    try:
+        if z._popen is not None:
+            return z._popen.poll() is None
+        pid, _ = os.waitpid(z.pid, os.WNOHANG)
+        return pid == 0
+    except ChildProcessError:
+        return False
+
+
+def _after_fork_in_child() -> None:
+    # A forked child (a user's fork, start_method="fork") holds a copy of our
+    # end of the socket: that zygote serves its parent, not it.
+    global _zygote, _lock
+    _lock = threading.Lock()
+    z, _zygote = _zygote, None
+    if z is not None:
+        try:
+            z.sock.close()
+        except OSError:
+            pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# ---------------------------------------------------------------------------
+# Birth
+
+
+def _tracker():
+    from multiprocessing import resource_tracker
+
+    return resource_tracker._resource_tracker
+
+
+def _fork_zygote() -> Zygote:
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    tracker = _tracker()  # imported before the fork: the zygote and every worker need it
+    tracker_fd = tracker._fd
+    import sharkcage._engine.worker  # noqa: F401 - every worker needs it: import it once, here
+
+    pid = os.fork()
+    if pid == 0:  # the zygote
+        code = 0
+        try:
+            keep = {0, 1, 2, child_sock.fileno()}
+            if tracker_fd is not None:
+                keep.add(tracker_fd)
+            _neutralize_fds(keep)
+            parent_sock.detach()  # its fd now points at /dev/null: not ours to close
+            launch = _tracker_pipe() if tracker_fd is None else None
+            tracker._pid = None  # its parent reaps it, not its users
+            socket.send_fds(child_sock, [b"hello"], [] if tracker._fd is None else [tracker._fd])
+            _serve(child_sock, launch)
+        except BaseException:  # noqa: BLE001 - never run the parent's code on the way out
+            code = 1
+        finally:
+            os._exit(code)
+    child_sock.close()
+    # Its hello (the tracker it started) is read when first needed, so the
+    # parent goes on setting up the pool meanwhile.
+    return Zygote(parent_sock, pid)
+
+
+def _spawn_zygote() -> Zygote:
+    import subprocess
+
+    from sharkcage._engine import start
+
+    tracker = _tracker()
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    code = (
+        f"import sys; sys.path.insert(0, {package_root!r}); "
+        f"from sharkcage._engine.zygote import _spawned_main; _spawned_main({child_sock.fileno()})"
+    )
+    args = [sys.executable, *subprocess._args_from_interpreter_flags(), "-c", code]
+    fds = [child_sock.fileno()] + ([tracker._fd] if tracker._fd is not None else [])
+    try:
+        popen = subprocess.Popen(args, pass_fds=fds, stdin=subprocess.DEVNULL)
+    finally:
+        child_sock.close()
+    import multiprocessing
+
+    prep = dict(
+        sys_path=list(sys.path),
+        cwd=os.getcwd(),
+        authkey=bytes(multiprocessing.current_process().authkey),
+        preload=start.preload_candidates(),
+        tracker_fd=tracker._fd,
+    )
+    try:
+        parent_sock.sendall(pickle.dumps(prep))
+        msg = parent_sock.recv(256)  # "ready" once the preload is done
+        if not msg:
+            raise OSError("the spawned zygote exited at start")
+    except OSError:
+        parent_sock.close()
+        popen.kill()
+        popen.wait()
+        raise
+    return Zygote(parent_sock, popen.pid, popen=popen, hello=False)
+
+
+def _spawned_main(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    prep = pickle.loads(sock.recv(1 << 20))
+    sys.path[:] = prep["sys_path"]
+    try:
+        os.chdir(prep["cwd"])
+    except OSError:
+        pass
+    import multiprocessing
+
+    multiprocessing.current_process().authkey = prep["authkey"]
+    if prep["tracker_fd"] is not None:
+        _tracker()._fd = prep["tracker_fd"]
+    os.environ["SHARKCAGE_PRELOAD"] = ",".join(prep["preload"])
+    from sharkcage._engine import preload  # noqa: F401 - imports the parent's packages, guarded
+
+    os.environ.pop("SHARKCAGE_PRELOAD", None)
+    import sharkcage._engine.worker  # noqa: F401
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock.sendall(b"ready")
+    try:
+        _serve(sock)
+    finally:
+        os._exit(0)
+
+
+def _neutralize_fds(keep: set[int]) -> None:
+    """Point every inherited fd not in ``keep`` at /dev/null.
+
+    Closing them would free their numbers for reuse, and a parent's object
+    this process still carries (a log file, a socket) could close a reused
+    number when collected — a worker's channel, say. /dev/null in their
+    place releases what they referred to and keeps the numbers taken.
+    """
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 1024))
+    for fd in fds:
+        if fd in keep or fd == devnull:
+            continue
+        try:
+            os.dup2(devnull, fd, inheritable=False)
+        except OSError:
+            pass
+    os.close(devnull)
+
+
+def _tracker_pipe():
+    """Give this process a resource tracker's pipe now, its process later.
+
+    Children forked from here inherit the write end at once; what they
+    register waits in the pipe until the tracker (a fresh interpreter) is
+    launched, which the zygote does once its first workers are forked —
+    on a small machine its start would otherwise take a core from them.
+    Returns the function that launches it.
+    """
+    tracker = _tracker()
+    r, w = os.pipe()
+    tracker._fd = w
+
+    def launch() -> int | None:
+        from multiprocessing import spawn, util
+
+        exe = spawn.get_executable()
+        args = [exe] + util._args_from_interpreter_flags()
+        args += ["-c", f"from multiprocessing.resource_tracker import main;main({r})"]
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            pid = util.spawnv_passfds(exe, args, [r])
+        except OSError:
+            pid = None
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            os.close(r)
+        if pid is not None:
+            try:  # it only drains register/unregister lines: never urgent
+                os.setpriority(os.PRIO_PROCESS, pid, 10)
+            except OSError:
+                pass
+        return pid
+
+    launch.read_end = r
+    return launch
+
+
+# ---------------------------------------------------------------------------
+# The zygote's loop
+
+
+def _serve(ctl: socket.socket, launch_tracker=None) -> None:
+    import selectors
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    sel = selectors.DefaultSelector()
+    sel.register(ctl, selectors.EVENT_READ, None)
+    children: dict[int, tuple[int, int]] = {}  # pid -> (pidfd, status write end)
+    tracker_r = getattr(launch_tracker, "read_end", None)
+    while True:
+        # The tracker starts once the zygote has nothing more urgent to do.
+        events = sel.select(None if launch_tracker is None else 0.005)
+        if launch_tracker is not None and (not events or children):
+            launch_tracker()
+            launch_tracker = tracker_r = None
+        for key, _ in events:
+            if key.data is not None:
+                _reap(sel, children, key.data)
+                continue
+            try:
+                msg, fds, _, _ = socket.recv_fds(ctl, 1 << 16, 8)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            if not msg:
+                return  # the parent is gone
+            name, _ = pickle.loads(msg)
+            status_r, status_w = os.pipe()
+            try:
+                pid = os.fork()
+            except OSError as e:
+                for fd in fds + [status_r, status_w]:
+                    os.close(fd)
+                socket.send_fds(ctl, [pickle.dumps(("error", f"fork failed in the zygote: {e!r}"))], [])
+                continue
+            if pid == 0:
+                code = 1
+                try:
+                    sel.close()
+                    os.close(ctl.detach())
+                    for pidfd, w in children.values():
+                        os.close(pidfd)
+                        os.close(w)
+                    os.close(status_r)
+                    os.close(status_w)
+                    if tracker_r is not None:
+                        os.close(tracker_r)
+                    code = _run_worker(name, fds)
+                except BaseException:  # noqa: BLE001
+                    pass
+                finally:
+                    os._exit(code)
+            for fd in fds:
+                os.close(fd)
+            pidfd = os.pidfd_open(pid)
+            children[pid] = (pidfd, status_w)
+            sel.register(pidfd, selectors.EVENT_READ, pid)
+            try:
+                socket.send_fds(ctl, [pickle.dumps(("ok", pid))], [status_r])
+            except OSError:
+                return
+            finally:
+                os.close(status_r)
+
+
+def _reap(sel, children: dict, pid: int) -> None:
+    pidfd, status_w = children.pop(pid)
+    sel.unregister(pidfd)
+    os.close(pidfd)
+    try:
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+    except ChildProcessError:
+        code = _UNKNOWN_EXIT
+    try:
+        os.write(status_w, _STATUS.pack(code))
+    except OSError:
+        pass
+    os.close(status_w)
+
+
+def _run_worker(name: str, fds: list[int]) -> int:
+    """In the forked child: become a multiprocessing process named ``name``
+    and run the worker on the fds the parent sent."""
+    import mmap
+    from multiprocessing import process
+
+    from sharkcage._engine import worker
+    from sharkcage._engine.worker import SLOT_SIZE
+
+    tracker = _tracker()
+    tracker._pid = None
+    chan = socket.socket(fileno=fds[0])
+    slot = mmap.mmap(fds[1], SLOT_SIZE * 8)
+    os.close(fds[1])
+    streams = (fds[2], fds[3]) if len(fds) == 4 else None
+    proc = process.BaseProcess(target=worker.main, name=name, args=(chan, slot, None, streams))
+    proc._start_method = None  # keep the worker's default start method as it was
+    return proc._bootstrap()

@@ -1,0 +1,123 @@
+"""The zygote every worker is forked from (src/sharkcage/_engine/zygote.py).
+
+Fresh interpreters (subprocess) where the zygote's birth matters: whether
+it is forked or spawned depends on the threads the parent runs at the
+first pool, and one zygote serves a whole process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from sharkcage import Pool, WorkerCrashedError
+from sharkcage._engine import zygote
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _run(code: str, timeout: float = 45) -> dict:
+    """Run ``code`` in a fresh interpreter; it prints one JSON line last."""
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_single_threaded_parent_forks_a_zygote_that_holds_none_of_its_files(tmp_path):
+    secret = tmp_path / "parent-only.txt"
+    out = _run(f"""
+        import json, os, psutil
+        from sharkcage import Pool
+        from sharkcage._engine import zygote
+        f = open({str(secret)!r}, "w")       # the zygote must not keep this open
+        with Pool(2) as pool:
+            pids = set(pool.map(lambda x: os.getpid(), range(20), chunksize=1))
+            z = zygote.ensure()
+            zp = psutil.Process(z.pid)
+            files = [o.path for o in zp.open_files()]
+            workers = {{c.pid for c in zp.children()}}
+            print(json.dumps(dict(cmd=zp.cmdline(), me=psutil.Process().cmdline(), files=files,
+                                  worker_parent_is_zygote=pids <= workers, pids=len(pids))))
+    """)
+    assert out["cmd"] == out["me"]  # forked, not spawned: no interpreter start
+    assert not any("parent-only" in f for f in out["files"])
+    assert out["worker_parent_is_zygote"] and out["pids"] >= 1
+
+
+def test_threaded_parent_spawns_the_zygote_and_main_functions_still_work():
+    out = _run("""
+        import json, os, threading, psutil
+        from sharkcage import Pool
+        from sharkcage._engine import zygote
+        stop = threading.Event()
+        t = threading.Thread(target=stop.wait); t.start()   # a foreign thread: no fork from here
+        def square(x):                                      # a __main__ function
+            return x * x
+        with Pool(2) as pool:
+            result = pool.map(square, range(10))
+        z = zygote.ensure()
+        cmd = " ".join(psutil.Process(z.pid).cmdline())
+        stop.set(); t.join()
+        print(json.dumps(dict(result=result, spawned="_spawned_main" in cmd)))
+    """)
+    assert out["result"] == [x * x for x in range(10)]
+    assert out["spawned"]
+
+
+def test_one_zygote_serves_every_pool_of_the_process():
+    with Pool(1) as a, Pool(1) as b:
+        parents = {psutil.Process(a.apply(os.getpid)).ppid(), psutil.Process(b.apply(os.getpid)).ppid()}
+    assert parents == {zygote.ensure().pid}
+
+
+def test_ctrl_c_in_the_terminal_does_not_kill_the_zygote():
+    with Pool(1) as pool:
+        pool.apply(abs, (-1,))
+        z = zygote.ensure()
+        os.kill(z.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends the whole group
+        time.sleep(0.2)
+        assert psutil.Process(z.pid).status() != psutil.STATUS_ZOMBIE
+        assert pool.apply(abs, (-2,)) == 2
+        assert zygote.ensure() is z
+
+
+def test_a_killed_zygote_takes_its_workers_and_the_pool_carries_on():
+    """SIGKILL the zygote: the workers die with it (PDEATHSIG), the task
+    running there fails as a crash, and the pool starts a new zygote and
+    serves the next tasks."""
+    with Pool(2) as pool:
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+        old = zygote.ensure()
+        running = pool.apply_async(time.sleep, (30,))
+        time.sleep(0.3)
+        os.kill(old.pid, signal.SIGKILL)
+        with pytest.raises(WorkerCrashedError):
+            running.get(20)
+        assert pool.map(abs, range(-5, 0)) == [5, 4, 3, 2, 1]
+        new = zygote.ensure()
+        assert new.pid != old.pid
+        assert psutil.Process(pool.apply(os.getpid)).ppid() == new.pid
+
+
+def test_worker_exit_codes_come_through_the_zygote():
+    with Pool(1, retries=0) as pool:
+        with pytest.raises(WorkerCrashedError) as info:
+            pool.apply(os._exit, (7,))
+        assert "7" in str(info.value)
+        with pytest.raises(WorkerCrashedError) as info:
+            pool.apply(_kill_self)
+        assert "SIGKILL" in str(info.value) or "-9" in str(info.value)
+
+
+def _kill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
