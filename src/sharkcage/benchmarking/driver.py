@@ -58,6 +58,15 @@ def pid_after(delay):
     return os.getpid()
 
 
+def pid_started(delay):
+    """``(pid, when)``: the worker's pid and the moment (time.monotonic, one
+    clock for every process of the machine) this task *started* on it, then
+    sleep ``delay`` seconds so concurrent probes land on different workers."""
+    started = time.monotonic()
+    time.sleep(delay)
+    return os.getpid(), started
+
+
 def kill_self(_=None):
     """SIGKILL the worker running this task (the crash workload's task)."""
     os.kill(os.getpid(), signal.SIGKILL)
