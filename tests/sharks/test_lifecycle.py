@@ -159,11 +159,16 @@ def _fd_count():
 
 
 def _children():
+    """Live descendants, without the zygote's services (it, its spare and the
+    resource tracker: one each per process, the spare renewed as it is used)."""
+    from sharkcage._engine import zygote
+
+    services = zygote.service_pids()
     me = psutil.Process()
     out = set()
     for p in me.children(recursive=True):
         try:
-            if p.status() != psutil.STATUS_ZOMBIE:
+            if p.pid not in services and p.status() != psutil.STATUS_ZOMBIE:
                 out.add(p.pid)
         except psutil.Error:
             pass

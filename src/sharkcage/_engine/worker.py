@@ -280,6 +280,7 @@ def main(sock: socket.socket, slot, config: bytes | None, streams=None) -> None:
     watchdog._sharkcage_own = True  # not a "foreign" thread for fork checks
     watchdog.start()
 
+    config_from_channel = config is None  # forked by the zygote
     if config is None:
         try:
             _, config = chan.recv()  # ("config", bytes): the supervisor's first message
@@ -292,7 +293,10 @@ def main(sock: socket.socket, slot, config: bytes | None, streams=None) -> None:
         from sharkcage._engine import shm
 
         try:  # the pid keeps a replacement's segments apart from its predecessor's
-            _arena = shm.SegmentArena(f"{cfg['shm_root']}w{os.getpid()}", cfg["shm_threshold"])
+            # A zygote's child already holds the tracker's pipe: probing it
+            # now would start the tracker process for nothing.
+            _arena = shm.SegmentArena(f"{cfg['shm_root']}w{os.getpid()}", cfg["shm_threshold"],
+                                      start_tracker=config_from_channel is False)
         except Exception:
             _arena = None
     _register_stack_dump(cfg.get("stack_file"))

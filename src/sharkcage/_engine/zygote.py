@@ -37,9 +37,10 @@ PR_SET_PDEATHSIG, die with it, and their sentinels fire. The next pool
 start makes a new zygote.
 
 The resource tracker (who unlinks shared-memory segments a SIGKILLed
-process left behind) is started by the zygote, at low priority so its
-interpreter start does not compete with the first workers, and adopted by
-the parent: parent, zygote and workers all share one.
+process left behind) belongs to the zygote: its pipe is made at birth and
+adopted by the parent, so parent, zygote and workers all share one; its
+process (a fresh interpreter, at low priority) is launched only when the
+first segment is registered.
 
 >>> import os
 >>> from sharkcage import Pool
@@ -60,6 +61,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 
 _lock = threading.Lock()
 _zygote: "Zygote | None" = None
@@ -220,6 +222,7 @@ def ensure() -> Zygote:
         if _zygote is not None:
             _zygote.stop()
             _zygote = None
+            _forget_dead_tracker_pipe()
         from sharkcage._engine import start
 
         if start.fork_is_safe_here():
@@ -251,7 +254,7 @@ def service_pids() -> set[int]:
         import psutil
 
         for child in psutil.Process(z.pid).children():
-            if "resource_tracker" in " ".join(child.cmdline()):
+            if child.name() == _SPARE_NAME or "resource_tracker" in " ".join(child.cmdline()):
                 pids.add(child.pid)
     except Exception:  # noqa: BLE001 - psutil.Error, or no psutil: the zygote alone
         pass
@@ -293,6 +296,27 @@ def _tracker():
     from multiprocessing import resource_tracker
 
     return resource_tracker._resource_tracker
+
+
+def _forget_dead_tracker_pipe() -> None:
+    """A zygote that died before launching the tracker took the pipe's read
+    end with it: drop our write end quietly, so the next tracker starts
+    fresh (the stdlib would warn that its tracker "died unexpectedly")."""
+    imported = sys.modules.get("multiprocessing.resource_tracker")
+    if imported is None:
+        return
+    tracker = imported._resource_tracker
+    fd = tracker._fd
+    if fd is None or tracker._pid is not None:
+        return  # none, or one this process launched and watches itself
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if any(ev & select.POLLERR for _, ev in poller.poll(0)):
+        tracker._fd = None
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _fork_zygote() -> Zygote:
@@ -422,9 +446,10 @@ def _tracker_pipe():
 
     Children forked from here inherit the write end at once; what they
     register waits in the pipe until the tracker (a fresh interpreter) is
-    launched, which the zygote does once its first workers are forked —
-    on a small machine its start would otherwise take a core from them.
-    Returns the function that launches it.
+    launched, which the zygote does when the first line arrives — most
+    pools never use shared memory, and on a small machine that start would
+    take a core from their first workers. Returns the function that
+    launches it.
     """
     tracker = _tracker()
     r, w = os.pipe()
@@ -460,86 +485,250 @@ def _tracker_pipe():
 
 
 def _serve(ctl: socket.socket, launch_tracker=None) -> None:
-    import selectors
+    _Server(ctl, launch_tracker).run()
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_DFL)
-    sel = selectors.DefaultSelector()
-    sel.register(ctl, selectors.EVENT_READ, None)
-    children: dict[int, tuple[int, int]] = {}  # pid -> (pidfd, status write end)
-    tracker_r = getattr(launch_tracker, "read_end", None)
-    while True:
-        # The tracker starts once the zygote has nothing more urgent to do.
-        events = sel.select(None if launch_tracker is None else 0.005)
-        if launch_tracker is not None and (not events or children):
-            launch_tracker()
-            launch_tracker = tracker_r = None
+
+_SPARE_NAME = "sc-spare"
+_IDLE_BEFORE_SPARE = 0.05  # seconds of quiet after a hand-over before the next spare is forked
+_TRACKER_DELAY = 0.2  # the tracker starts after this long, once the zygote is quiet...
+_TRACKER_LATEST = 1.0  # ...and at the latest after this (its pipe holds what waits)  # its /proc comm while it waits: how leak checks tell it from a worker
+
+
+class _Server:
+    """The zygote's loop: fork workers on request, reap them, keep a spare.
+
+    The spare is a child forked ahead of need, waiting on a socket of its
+    own: a request hands it the worker's fds, so a new worker — the first
+    of a pool, or a crashed one's replacement — costs a message, not a
+    fork. A new spare is forked when the zygote is idle again.
+    """
+
+    def __init__(self, ctl: socket.socket, launch_tracker):
+        import selectors
+
+        self.ctl = ctl
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(ctl, selectors.EVENT_READ, None)
+        self.children: dict[int, tuple[int, int]] = {}  # pid -> (pidfd, status write end)
+        self.spare: tuple[int, socket.socket, int] | None = None  # pid, its socket, status read end
+        self.spare_ok = True  # False after a failed fork: no retry until a request succeeds
+        self.launch_tracker = launch_tracker
+        self.tracker_r = getattr(launch_tracker, "read_end", None)
+        if self.tracker_r is not None:
+            # The tracker process starts when the first line is written to its
+            # pipe (a segment registered): a pool that never uses shared
+            # memory never pays for that interpreter.
+            self.sel.register(self.tracker_r, selectors.EVENT_READ, "tracker")
+        self.spare_at = time.monotonic()  # the first spare at once: the pool's first worker is coming
+
+    def run(self) -> None:
+        import gc
+
+        # Everything the zygote holds now is every child's, copy-on-write:
+        # keep the collector from walking (and so writing to) those pages in
+        # each child.
+        gc.freeze()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, signal.SIG_DFL)
+        try:
+            while self._turn():
+                pass
+        finally:
+            self._wait_for_children()
+
+    def _turn(self) -> bool:
+        """One loop turn; False once the parent is gone."""
+        # A new spare waits a little after a hand-over, so that its fork does
+        # not take the CPU from the worker just handed over (2 cores).
+        want_spare = self.spare is None and self.spare_ok
+        timeout = max(0.0, self.spare_at - time.monotonic()) if want_spare else None
+        events = self.sel.select(timeout)
         for key, _ in events:
-            if key.data is not None:
-                _reap(sel, children, key.data)
-                continue
+            if key.data == "tracker":
+                self._launch_tracker()
+            elif key.data is not None:
+                self._reap(key.data)
+            elif not self._request():
+                return False
+        if not events and want_spare and time.monotonic() >= self.spare_at:
+            self._fork_spare()
+        return True
+
+    def _launch_tracker(self) -> None:
+        if self.launch_tracker is not None:
+            self.sel.unregister(self.tracker_r)
+            self.launch_tracker()
+            self.launch_tracker = self.tracker_r = None
+
+    def _wait_for_children(self, timeout: float = 2.0) -> None:
+        """The parent is gone: let the spare go and reap the workers as they
+        exit (each watches its channel), so none is left a zombie of an init
+        that does not reap (a container's)."""
+        if self.spare is not None:
+            self.spare[1].close()
+        if self.tracker_r is not None and select.select([self.tracker_r], [], [], 0)[0]:
+            self._launch_tracker()  # segments were registered: someone must clean up after us
+        deadline = time.monotonic() + timeout
+        while self.children and time.monotonic() < deadline:
+            for key, _ in self.sel.select(max(0.0, deadline - time.monotonic())):
+                if key.data == "tracker":
+                    self._launch_tracker()
+                elif key.data is not None:
+                    self._reap(key.data)
+
+    # -- requests ------------------------------------------------------------
+    def _request(self) -> bool:
+        try:
+            msg, fds, _, _ = socket.recv_fds(self.ctl, 1 << 16, 8)
+
+        except InterruptedError:
+            return True
+        except OSError:
+            return False
+        if not msg:
+            return False
+        try:
+            pid, status_r = self._hand_to_spare(msg, fds)
+        except OSError:
             try:
-                msg, fds, _, _ = socket.recv_fds(ctl, 1 << 16, 8)
-            except InterruptedError:
-                continue
-            except OSError:
-                return
-            if not msg:
-                return  # the parent is gone
-            name, _ = pickle.loads(msg)
-            status_r, status_w = os.pipe()
-            try:
-                pid = os.fork()
+                pid, status_r = self._fork(lambda: _run_worker(pickle.loads(msg)[0], fds))
             except OSError as e:
-                for fd in fds + [status_r, status_w]:
+                for fd in fds:
                     os.close(fd)
-                socket.send_fds(ctl, [pickle.dumps(("error", f"fork failed in the zygote: {e!r}"))], [])
-                continue
-            if pid == 0:
-                code = 1
-                try:
-                    sel.close()
-                    os.close(ctl.detach())
-                    for pidfd, w in children.values():
-                        os.close(pidfd)
-                        os.close(w)
-                    os.close(status_r)
-                    os.close(status_w)
-                    if tracker_r is not None:
-                        os.close(tracker_r)
-                    code = _run_worker(name, fds)
-                except BaseException:  # noqa: BLE001
-                    pass
-                finally:
-                    os._exit(code)
-            for fd in fds:
-                os.close(fd)
-            pidfd = os.pidfd_open(pid)
-            children[pid] = (pidfd, status_w)
-            sel.register(pidfd, selectors.EVENT_READ, pid)
+                self.spare_ok = False
+                return self._reply(("error", f"fork failed in the zygote: {e!r}"), [])
+        for fd in fds:
+            os.close(fd)
+        self.spare_ok = True
+        self.spare_at = time.monotonic() + _IDLE_BEFORE_SPARE
+        try:
+            return self._reply(("ok", pid), [status_r])
+        finally:
+            os.close(status_r)
+
+    def _reply(self, what, fds) -> bool:
+        try:
+            socket.send_fds(self.ctl, [pickle.dumps(what)], fds)
+            return True
+        except OSError:
+            return False
+
+    def _hand_to_spare(self, msg: bytes, fds: list[int]) -> tuple[int, int]:
+        if self.spare is None:
+            raise OSError("no spare")
+        pid, sock, status_r = self.spare
+        self.spare = None
+        try:
+            socket.send_fds(sock, [msg], fds)
+        except OSError:
+            os.close(status_r)  # it died waiting: its reaping is already under way
+            raise
+        finally:
+            sock.close()
+        return pid, status_r
+
+    # -- children ------------------------------------------------------------
+    def _fork(self, body) -> tuple[int, int]:
+        """Fork a child that runs ``body()``; returns its pid and status read end."""
+        import selectors
+
+        status_r, status_w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(status_r)
+            os.close(status_w)
+            raise
+        if pid == 0:
+            code = 1
             try:
-                socket.send_fds(ctl, [pickle.dumps(("ok", pid))], [status_r])
-            except OSError:
-                return
-            finally:
+                self._close_in_child()
                 os.close(status_r)
+                os.close(status_w)
+                code = body()
+            except BaseException:  # noqa: BLE001 - never back into the zygote's loop
+                pass
+            finally:
+                os._exit(code)
+        pidfd = os.pidfd_open(pid)
+        self.children[pid] = (pidfd, status_w)
+        self.sel.register(pidfd, selectors.EVENT_READ, pid)
+        return pid, status_r
+
+    def _close_in_child(self) -> None:
+        """A child holds nothing of the zygote's: not its socket to the parent,
+        not its other children's pidfds and status pipes, not the spare's."""
+        self.sel.close()
+        os.close(self.ctl.detach())
+        for pidfd, w in self.children.values():
+            os.close(pidfd)
+            os.close(w)
+        if self.spare is not None:
+            _, sock, status_r = self.spare
+            sock.close()
+            os.close(status_r)
+        if self.tracker_r is not None:
+            os.close(self.tracker_r)
+
+    def _fork_spare(self) -> None:
+        mine, its = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+        def wait_for_work() -> int:
+            mine.close()
+            comm = _set_comm(_SPARE_NAME)
+            try:
+                msg, fds, _, _ = socket.recv_fds(its, 1 << 16, 8)
+            except OSError:
+                return 0
+            finally:
+                its.close()
+            if not msg:
+                return 0  # the zygote is gone
+            _set_comm(comm)
+            return _run_worker(pickle.loads(msg)[0], fds)
+
+        try:
+            pid, status_r = self._fork(wait_for_work)
+        except OSError:
+            self.spare_ok = False
+            mine.close()
+            its.close()
+            return
+        its.close()
+        self.spare = (pid, mine, status_r)
+
+    def _reap(self, pid: int) -> None:
+        pidfd, status_w = self.children.pop(pid)
+        self.sel.unregister(pidfd)
+        os.close(pidfd)
+        if self.spare is not None and self.spare[0] == pid:  # died unused (killed)
+            _, sock, status_r = self.spare
+            self.spare = None
+            sock.close()
+            os.close(status_r)
+        try:
+            _, status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            code = _UNKNOWN_EXIT
+        try:
+            os.write(status_w, _STATUS.pack(code))
+        except OSError:
+            pass
+        os.close(status_w)
 
 
-def _reap(sel, children: dict, pid: int) -> None:
-    pidfd, status_w = children.pop(pid)
-    sel.unregister(pidfd)
-    os.close(pidfd)
+def _set_comm(name: str) -> str | None:
+    """Set this process's /proc comm (what ps and psutil call its name); the old one."""
     try:
-        _, status = os.waitpid(pid, 0)
-        code = os.waitstatus_to_exitcode(status)
-    except ChildProcessError:
-        code = _UNKNOWN_EXIT
-    try:
-        os.write(status_w, _STATUS.pack(code))
+        with open("/proc/self/comm", "r+") as f:
+            old = f.read().strip()
+            f.seek(0)
+            f.write(name[:15])
+        return old
     except OSError:
-        pass
-    os.close(status_w)
+        return None
 
 
 def _run_worker(name: str, fds: list[int]) -> int:
