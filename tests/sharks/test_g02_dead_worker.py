@@ -166,3 +166,24 @@ def test_retries_exhausted_raises_after_retries_plus_one_attempts(tmp_path):
         assert len(pids) == 3, pids
         assert len(set(pids)) == 3, "each attempt runs on a fresh worker"
         assert pool.apply(helpers.square, (5,)) == 25
+
+
+def test_a_crash_in_a_full_speed_chunk_is_pinned_on_its_item():
+    """A map chunk runs at C speed, the slot saying only "in this chunk": a
+    crash there re-runs the chunk's items one by one, so the error still
+    names item 3 alone, every other item's result comes back, and the
+    unattributed crash costs no retry."""
+    with Pool(2, retries=1) as pool:
+        it = pool.imap(helpers.crash_at, range(40), 20)
+        outcomes = []
+        for _ in range(40):
+            try:
+                outcomes.append(it.next(30))
+            except WorkerCrashedError as e:
+                outcomes.append(e)
+        crashed = [k for k, o in enumerate(outcomes) if isinstance(o, WorkerCrashedError)]
+        assert crashed == [3]
+        assert "item 3 of imap(crash_at)" in str(outcomes[3]) and "after 2 attempts" in str(outcomes[3])
+        assert [o for k, o in enumerate(outcomes) if k != 3] == [x * x for x in range(40) if x != 3]
+        # one crash with the culprit unknown, then item 3 alone: run, retried once
+        assert pool.stats().crashes == 3

@@ -28,10 +28,12 @@ Messages to the parent::
                                                 batches never started
 
 The *slot* is a small shared array the parent reads without any message:
-[batch id running, item index (-1 unpickling, -2 pickling results), start
-time of the item (time.monotonic, shared by all processes on Linux), items
-done]. It tells the supervisor which task is running — hence exactly which
-task a crash or a timeout belongs to — and when that task's clock started.
+[batch id running, item index (-1 unpickling, -2 pickling results, -3
+somewhere in a map chunk run at full speed), start time of the item
+(time.monotonic, shared by all processes on Linux), items done]. It tells
+the supervisor which task is running — hence exactly which task a crash or
+a timeout belongs to — and when that task's clock started. A crash at -3
+re-runs the chunk's items one by one, which names the culprit.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ class Slot:
                 pass
 
 _SIMPLE = frozenset({int, float, str, bytes, bool, type(None), complex})
-ITEM_UNPICKLING, ITEM_PICKLING = -1, -2
+ITEM_UNPICKLING, ITEM_PICKLING, ITEM_IN_CHUNK = -1, -2, -3
 
 
 class WorkerInfo:
@@ -572,11 +574,18 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, tim
                     outcomes.append((OK, value))
                 i += 1
             else:
-                # fast path: a chunk of plain items, no deadline to watch
-                for i in range(i, n):
-                    q[SLOT_ITEM] = i
-                    append(call(items[i]))
-                i = n
+                # Fast path: a chunk of plain items, no deadline to watch, run
+                # by C's map like the stdlib's. The slot says only "in this
+                # chunk": should the worker die here, the supervisor runs the
+                # chunk's items again one by one, and the culprit is known
+                # then (a crash whose culprit is unknown costs no retry).
+                q[SLOT_ITEM] = ITEM_IN_CHUNK
+                try:
+                    results.extend(map(call, items[i:] if i else items))
+                finally:
+                    i = len(results)  # after an exception: the index of the failing item
+                    if i < n:
+                        q[SLOT_ITEM] = i
         except BaseException as e:  # noqa: BLE001 - SystemExit goes back to the caller too
             if outcomes is None:
                 outcomes = [(OK, r) for r in results]
