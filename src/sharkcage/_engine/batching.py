@@ -58,7 +58,10 @@ def pickle_chunk(items: list, job, first_index: int, fn_id: int, kind: int, rais
 def single(job, fn_id: int, kind: int, item, arena=None) -> Batch:
     """A batch of one task (apply_async/submit); raises SerializationError."""
     try:
-        payload = serialize.dumps_data(item, arena, owned=True, task=job.describe(0), direction="argument")
+        if arena is None or serialize.plainly_small(item, arena.threshold):
+            payload = serialize.dumps(item)  # no task description needed: nothing can go wrong here
+        else:
+            payload = serialize.dumps_data(item, arena, owned=True, task=job.describe(0), direction="argument")
     except BaseException as e:  # noqa: BLE001
         if isinstance(e, (KeyboardInterrupt, serialize.SerializationError)):
             raise

@@ -62,6 +62,37 @@ loads = pickle.loads
 # (see shm.py); everything else is the plain pickle of dumps().
 
 
+_SCALARS = frozenset({int, float, bool, type(None), complex})
+
+
+def plainly_small(obj: Any, threshold: int, depth: int = 2) -> bool:
+    """True when ``obj`` cannot hold a buffer worth shared memory: a scalar, a
+    short str or bytes, or short tuples/lists/dicts of those, two levels
+    deep (``(args, kwargs)`` of most ``apply_async`` calls). Such objects
+    skip the arena's machinery.
+
+    >>> plainly_small(((1, "a", None), {}), 1 << 16), plainly_small(((b"x" * 100_000,), {}), 1 << 16)
+    (True, False)
+    """
+    t = type(obj)
+    if t in _SCALARS:
+        return True
+    if t is str or t is bytes:
+        return len(obj) * 4 < threshold  # 4: a str's worst UTF-8 size
+    if depth == 0 or len(obj) > 16 if t in (tuple, list, dict) else True:
+        return False
+    # Plain loops, no generators: this runs for every apply_async.
+    if t is dict:
+        for k, v in obj.items():
+            if type(k) is not str or (type(v) not in _SCALARS and not plainly_small(v, threshold, depth - 1)):
+                return False
+        return True
+    for x in obj:
+        if type(x) not in _SCALARS and not plainly_small(x, threshold, depth - 1):
+            return False
+    return True
+
+
 def dumps_data(obj: Any, arena=None, owned: bool = False, task: str = "", direction: str = "") -> bytes:
     """Pickle an argument or a result; big buffers through ``arena``'s shared memory.
 
@@ -69,7 +100,7 @@ def dumps_data(obj: Any, arena=None, owned: bool = False, task: str = "", direct
     unlink them when garbage-collected, so a re-sent batch still finds them.
     Same ``__main__`` rule as :func:`dumps`.
     """
-    if arena is None or not arena.enabled:
+    if arena is None or not arena.enabled or plainly_small(obj, arena.threshold):
         return dumps(obj)
     data = arena.dumps(obj, owned=owned, task=task, direction=direction)
     if b"__main__" in (data.head if isinstance(data, OutOfBand) else data):
