@@ -61,8 +61,10 @@ class Pool:
     ``processes``, ``initializer``, ``initargs``, ``maxtasksperchild`` and
     ``context`` mean what they mean in the stdlib. Keyword-only extras:
 
-    * ``start_method`` — ``"forkserver"`` (default where available: a clean
-      server that preloads what the parent imported), ``"spawn"``, or
+    * ``start_method`` — ``"forkserver"`` (default where available: on
+      Linux sharkcage's zygote, a clean single-threaded process forked from
+      this one while it is single-threaded, else spawned with its imports
+      preloaded; every worker is forked from it), ``"spawn"``, or
       ``"fork"`` (refused while other threads run: :class:`UnsafeForkError`,
       unless ``allow_unsafe_fork=True``).
     * ``task_timeout`` — seconds a task may run; past it the worker is killed

@@ -402,7 +402,7 @@ SCENARIOS: tuple[Scenario, ...] = (
         "A thread logs through a QueueHandler while pools are created. The stdlib "
         "forks workers (Linux default); a worker inherits the queue's lock held by a "
         "thread that does not exist in it, and its first log call waits forever. "
-        "sharkcage starts workers from a clean single-threaded forkserver.",
+        "sharkcage forks workers from a clean single-threaded zygote.",
     ),
     Scenario(
         "mysql_exception", "003", "exception that cannot be rebuilt",
