@@ -185,14 +185,18 @@ def preload_candidates() -> list[str]:
 
 
 def ensure_forkserver(ctx) -> None:
-    """Start the process-wide forkserver once, the fastest safe way.
+    """Start the stdlib's process-wide forkserver once, the fastest safe way.
+
+    Pools use it only with a custom forkserver ``context=`` object (the
+    default, and ``"forkserver"`` by name, use sharkcage's own zygote,
+    zygote.py, which starts workers faster). The same two ways of birth:
 
     * When this process is single-threaded (counting OS threads, not only
       Python's), the forkserver is *forked* from it — a "zygote": no
       interpreter start-up, every module the parent imported is already
       there, and no lock can be held by a thread that will not exist in the
-      child, because there is no other thread. The zygote closes every file
-      descriptor it inherited, so it holds none of the parent's sockets or
+      child, because there is no other thread. The zygote points every file
+      descriptor it inherited at /dev/null, so it holds none of the parent's sockets or
       files, and then runs the stdlib's forkserver loop: every worker and
       every replacement is forked from that clean process, never from the
       (later threaded) parent.
@@ -212,7 +216,7 @@ def ensure_forkserver(ctx) -> None:
             return
         if sys.platform.startswith("linux") and fork_is_safe_here():
             try:
-                _fork_zygote(server)
+                _fork_forkserver(server)
                 return
             except OSError:
                 pass  # fall back to the spawned forkserver below
@@ -259,7 +263,7 @@ def fork_is_safe_here() -> bool:
     return "openblas" in maps and not any(omp in maps for omp in ("libgomp", "libiomp", "libomp"))
 
 
-def _fork_zygote(server) -> None:
+def _fork_forkserver(server) -> None:
     """Fork the forkserver from this (single-threaded) process; see ensure_forkserver."""
     from multiprocessing import connection, forkserver, resource_tracker, util
 
@@ -275,12 +279,9 @@ def _fork_zygote(server) -> None:
     pid = os.fork()
     if pid == 0:  # the zygote
         try:
-            for fd in _open_fds():
-                if fd not in keep:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
+            from sharkcage._engine.zygote import _neutralize_fds
+
+            _neutralize_fds(keep)  # as sharkcage's zygote does: no fd number freed for reuse
             for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
                 signal.signal(sig, signal.SIG_DFL)
             forkserver.main(listener.fileno(), alive_r, [], None, None)
@@ -293,10 +294,3 @@ def _fork_zygote(server) -> None:
     server._forkserver_address = address
     server._forkserver_alive_fd = alive_w
     server._forkserver_pid = pid
-
-
-def _open_fds() -> list[int]:
-    try:
-        return [int(fd) for fd in os.listdir("/proc/self/fd")]
-    except OSError:
-        return list(range(3, 1024))

@@ -92,11 +92,9 @@ class WorkerProcess:
     def _poll(self, timeout: float | None) -> None:
         if self._exitcode is not None or self.sentinel is None:
             return
-        try:
-            ready, _, _ = select.select([self.sentinel], [], [], timeout)
-        except (OSError, ValueError):
-            ready = [self.sentinel]
-        if not ready:
+        poller = select.poll()  # not select.select: it refuses fds above 1023
+        poller.register(self.sentinel, select.POLLIN)
+        if not poller.poll(None if timeout is None else int(timeout * 1000)):
             return
         try:
             data = os.read(self.sentinel, _STATUS.size - len(self._got))
