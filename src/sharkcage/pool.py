@@ -214,11 +214,23 @@ class Pool:
         job = MapResult(self._backend, f"{verb}({_fn_name(func)})", len(items), callback, error_callback)
         if items:
             job.progress = self._progress_bar(progress, len(items), job.name)
-        batches = []
-        for first, chunk in batching.chunks(items, size):
-            batch, _ = batching.pickle_chunk(chunk, job, first, fn_id, kind, raise_errors=True,
-                                             arena=self._backend_arena())
-            batches.append(batch)
+        # The first chunk goes out as soon as it is pickled, so the workers
+        # start while the rest is pickled (as the stdlib's task thread does).
+        # Should a later chunk fail to pickle, what was sent is cancelled.
+        arena = self._backend_arena()
+        batches, sent = [], False
+        try:
+            for first, chunk in batching.chunks(items, size):
+                batch, _ = batching.pickle_chunk(chunk, job, first, fn_id, kind, raise_errors=True, arena=arena)
+                batches.append(batch)
+                if not sent:
+                    self._backend.submit(batches)
+                    batches, sent = [], True
+        except BaseException:
+            if sent:  # the call raises: its callbacks must not hear of it a second time
+                job._callback = job._error_callback = None
+                self._backend.cancel(job)
+            raise
         if batches:
             self._backend.submit(batches)
         return job

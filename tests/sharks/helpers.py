@@ -540,3 +540,13 @@ def try_held_lock(timeout=1.0):
 def log_in_subprocess(_=None):
     logging.getLogger("sharks.seed000").error("hello, I did something")
     return os.getpid()
+
+
+def sleep_then_touch(args):
+    """Sleep ``seconds``, then create the file ``path``: a side effect that
+    shows whether the task ran to its end."""
+    seconds, path = args
+    time.sleep(seconds)
+    with open(path, "w"):
+        pass
+    return path

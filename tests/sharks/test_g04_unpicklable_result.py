@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pickle
 import threading
+import time
 
 import pytest
 
@@ -145,3 +146,21 @@ def test_argument_that_fails_to_unpickle_in_the_worker():
                 out.append(e.direction)
         assert out == [1, "argument", 3]
         assert pool.apply(helpers.square, (5,)) == 25
+
+
+def test_a_later_chunk_that_cannot_be_pickled_cancels_the_chunks_already_sent(tmp_path):
+    """map() hands its first chunk to the workers before pickling the rest:
+    when a later chunk cannot be pickled, the call raises, what was sent is
+    cancelled (its task stopped, no callback hears of it), and the pool
+    carries on."""
+    heard = []
+    marker = tmp_path / "ran-to-the-end"
+    with Pool(2) as pool:
+        with pytest.raises(SerializationError) as info:
+            pool.map_async(helpers.sleep_then_touch, [(1.0, str(marker)), (0, threading.Lock())], 1,
+                           callback=heard.append, error_callback=heard.append)
+        _check(info.value, "argument", "lock", ["1"])
+        assert pool.map(helpers.square, range(4)) == [0, 1, 4, 9]
+        time.sleep(1.5)
+    assert not marker.exists()
+    assert heard == []
