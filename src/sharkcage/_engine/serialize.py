@@ -63,6 +63,7 @@ loads = pickle.loads
 
 
 _SCALARS = frozenset({int, float, bool, type(None), complex})
+_CONTAINERS = frozenset({tuple, list, dict})
 
 
 def plainly_small(obj: Any, threshold: int, depth: int = 2) -> bool:
@@ -79,16 +80,27 @@ def plainly_small(obj: Any, threshold: int, depth: int = 2) -> bool:
         return True
     if t is str or t is bytes:
         return len(obj) * 4 < threshold  # 4: a str's worst UTF-8 size
-    if depth == 0 or len(obj) > 16 if t in (tuple, list, dict) else True:
+    if depth == 0 or len(obj) > 16 if t in _CONTAINERS else True:
         return False
-    # Plain loops, no generators: this runs for every apply_async.
+    # Plain loops, no generators, scalars checked inline: this runs for
+    # every apply_async, whose item is (args, kwargs).
     if t is dict:
         for k, v in obj.items():
             if type(k) is not str or (type(v) not in _SCALARS and not plainly_small(v, threshold, depth - 1)):
                 return False
         return True
     for x in obj:
-        if type(x) not in _SCALARS and not plainly_small(x, threshold, depth - 1):
+        tx = type(x)
+        if tx in _SCALARS or tx is dict and not x:
+            continue
+        if tx is tuple and depth > 1 and len(x) <= 16:
+            for y in x:
+                ty = type(y)
+                if ty not in _SCALARS and not ((ty is str or ty is bytes) and len(y) * 4 < threshold):
+                    break
+            else:
+                continue
+        if not plainly_small(x, threshold, depth - 1):
             return False
     return True
 
