@@ -132,7 +132,10 @@ def loads_data(data, arena=None, consume: bool = True) -> Any:
     ``consume=False`` maps them copy-on-write and leaves them to the sender.
     """
     if isinstance(data, OutOfBand):
-        return pickle.loads(data.head, buffers=data.buffers)
+        # A carrier's buffers may be read-only views of its store (Ray's);
+        # what arrives must be writable and behave like a copy: copy those.
+        buffers = [b if not memoryview(b).readonly else _writable_copy(b) for b in data.buffers]
+        return pickle.loads(data.head, buffers=buffers)
     if data[0] != 0:  # a pickle starts with PROTO (0x80); an envelope with NUL
         return pickle.loads(data)
     if arena is not None:
@@ -140,6 +143,21 @@ def loads_data(data, arena=None, consume: bool = True) -> Any:
     from sharkcage._engine import shm
 
     return shm.loads(data, consume=consume)
+
+
+def _writable_copy(buf):
+    """A writable copy of a read-only buffer: numpy's copy when numpy is
+    loaded (the data is an array's, and it copies at memcpy speed), else a
+    bytearray (about half as fast on big buffers)."""
+    import sys
+
+    np = sys.modules.get("numpy")
+    if np is not None:
+        try:
+            return np.frombuffer(buf, dtype=np.uint8).copy()
+        except (ValueError, TypeError):
+            pass
+    return bytearray(buf)
 
 
 class OutOfBand:

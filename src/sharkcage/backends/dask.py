@@ -346,7 +346,7 @@ def oob(data, how: str | None):
 def as_view(data):
     """What ``oob`` sent, as something ``pickle.loads`` and a byte check read
     (Ray delivers its own buffer type)."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
+    if isinstance(data, (bytes, bytearray, memoryview, serialize.OutOfBand)):
         return data
     if isinstance(data, list):
         return [as_view(d) for d in data]
@@ -443,6 +443,13 @@ def _exception_guard():
     return _PlainExceptionPickling() if "tblib.pickling_support" in sys.modules else contextlib.nullcontext()
 
 
+def _result_arena(carrier: str | None):
+    """How a cluster worker pickles results: with a carrier that moves
+    PickleBuffers out of band (Ray's), big buffers leave the pickle
+    (``serialize.OutOfBand``) and are copied once, into the engine's store."""
+    return serialize.BufferArena(_OOB_BYTES) if carrier == "pickle5" else None
+
+
 def remote_run(spec: tuple, fn_data, init_data, payload):
     """One batch on a cluster worker: ``(reply, log records, (host, pid, seconds, rss))``.
 
@@ -463,7 +470,8 @@ def remote_run(spec: tuple, fn_data, init_data, payload):
         with _exception_guard():
             fn, reply = _prepare(batch_id, token, init, fn_key, fn_data)
             if reply is None:
-                reply = worker_mod.run_batch(batch_id, fn, kind, payload, split, timed=False)
+                reply = worker_mod.run_batch(batch_id, fn, kind, payload, split, timed=False,
+                                             arena=_result_arena(carrier))
     finally:
         logging.getLogger().removeHandler(handler)
     return oob_reply(reply, carrier), handler.records, (_HOST, os.getpid(), time.monotonic() - began, _rss())
@@ -491,7 +499,8 @@ def remote_run_stream(spec: tuple, fn_data, init_data, payload):
         began = time.monotonic()
         try:
             with _exception_guard():
-                reply = worker_mod.run_batch(batch_id, fn, kind, [item], True, timed=False)
+                reply = worker_mod.run_batch(batch_id, fn, kind, [item], True, timed=False,
+                                             arena=_result_arena(carrier))
         finally:
             logging.getLogger().removeHandler(handler)
         yield ("item", i, oob_reply(reply, carrier), handler.records,
@@ -603,6 +612,9 @@ class ClusterBackend(FeederRegistry):
                     config.initializer, e) from None
         self.done = threading.Event()
         self.recorder = ClusterRecorder(config.record)
+        # stats().shm_bytes: the argument bytes that left their pickle for the
+        # engine's own store (an engine whose carrier takes them: Ray).
+        self.recorder.shm_source = getattr(self, "arena", None)
         self._token = uuid.uuid4().hex[:12]
         if config.initializer is not None:
             self._init_fn = _Fn(f"{self._token}:init", init_data, False)
@@ -1010,13 +1022,13 @@ class ClusterBackend(FeederRegistry):
             if reply[0] == "bad_chunk":  # cannot happen for a single split item; settle it anyway
                 self._fail_batch(f.batch, SharkcageError(f"the worker could not read the task: {reply[2]}"), [i])
             else:
-                replies.settle(reply[0], reply[2], [f.batch.targets[i]], self._deliver)
+                replies.settle(reply[0], reply[2], [f.batch.targets[i]], self._deliver, loads=serialize.loads_data)
         elif value[0] == "all":
             _tag, reply, records, meta = value
             reply = reply_views(reply)
             f.settled.update(range(len(f.batch)))
             self._account(f, reply, meta)
-            replies.settle_batch(reply[0], reply[2], f.batch, self._deliver)
+            replies.settle_batch(reply[0], reply[2], f.batch, self._deliver, loads=serialize.loads_data)
 
     def _outcome(self, key: str, kind: str, value) -> None:
         f = self._inflight.pop(key, None)
@@ -1036,7 +1048,7 @@ class ClusterBackend(FeederRegistry):
                     self._pending.appendleft(sub)
             else:
                 self._account(f, reply, meta)
-                replies.settle_batch(reply[0], reply[2], batch, self._deliver)
+                replies.settle_batch(reply[0], reply[2], batch, self._deliver, loads=serialize.loads_data)
         elif kind == "end":
             if left:
                 self._fail_batch(batch, SharkcageError("the cluster ended the task without its result"), left)

@@ -30,9 +30,9 @@ import asyncio
 import logging
 import threading
 
-from sharkcage._engine import start
-from sharkcage.backends.dask import ClusterBackend, ClusterConfig, Flight, _Fn, check_options, remote_run, \
-    remote_run_stream
+from sharkcage._engine import serialize, start
+from sharkcage.backends.dask import _OOB_BYTES, ClusterBackend, ClusterConfig, Flight, _Fn, check_options, \
+    remote_run, remote_run_stream
 
 log = logging.getLogger("sharkcage")
 
@@ -109,6 +109,9 @@ class RayBackend(ClusterBackend):
         if not config.fixed:
             config.processes = max(1, self._cluster_slots())
         self._plain, self._stream = _remote_functions()
+        # Big buffers of arguments leave their pickle (serialize.OutOfBand):
+        # Ray copies them once into its object store, as for its own tasks.
+        self.arena = serialize.BufferArena(_OOB_BYTES)
         self._loop = None
         self._loop_thread = None
         if self.stream_items:
