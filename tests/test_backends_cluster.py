@@ -100,7 +100,7 @@ def test_big_arrays_travel_both_ways_as_writable_copies(backend):
         back = p.apply(ch.add_one, (big,))
         assert back.dtype == big.dtype and np.array_equal(back, big + 1)
         back[0] = -1  # arrives writable, like a copy
-        if backend[0] == "ray":  # out of band into Ray's object store, not pickled into the task
+        if backend[0] != "local":  # out of band (Ray's object store, Dask's frames), not pickled in-band
             assert p.stats().shm_bytes >= big.nbytes
         chunks = [np.full(300_000, i, dtype=np.float64) for i in range(4)]  # 2.4 MB each, one pickle per item
         out = p.map(ch.add_one, chunks, chunksize=2)

@@ -331,16 +331,36 @@ def _carrier(how: str):
     return None
 
 
+_OOB_TAG = "sharkcage-out-of-band"  # an OutOfBand taken apart for Dask: (tag, head, [uint8 arrays])
+
+
 def oob(data, how: str | None):
-    """``data`` (a pickle, or a list of them) with its big pickles wrapped by ``_carrier(how)``."""
+    """``data`` (a pickle, an ``OutOfBand``, or a list of them) ready for the
+    engine: big pickles wrapped by ``_carrier(how)``; for Dask an
+    ``OutOfBand`` becomes a tuple holding its buffers as ``uint8`` views,
+    which Dask finds in a task's arguments or result and moves as frames
+    (its links pickle at protocol 4, so a PickleBuffer cannot cross them)."""
     wrap = _carrier(how) if how else None
     if wrap is None:
         return data
     if isinstance(data, bytes):
         return wrap(data) if len(data) >= _OOB_BYTES else data
-    if isinstance(data, list) and any(isinstance(d, bytes) and len(d) >= _OOB_BYTES for d in data):
-        return [wrap(d) if isinstance(d, bytes) and len(d) >= _OOB_BYTES else d for d in data]
+    if isinstance(data, serialize.OutOfBand):
+        if how != "numpy":
+            return data
+        return (_OOB_TAG, data.head, [wrap(b.raw() if isinstance(b, pickle.PickleBuffer) else b)
+                                      for b in data.buffers])
+    if isinstance(data, list) and any(isinstance(d, serialize.OutOfBand) or isinstance(d, bytes)
+                                      and len(d) >= _OOB_BYTES for d in data):
+        return [oob(d, how) for d in data]
     return data
+
+
+def _nbytes(data) -> int:
+    """Bytes of one pickle as ``oob`` left it (plain, wrapped, or taken apart)."""
+    if isinstance(data, tuple) and len(data) == 3 and data[0] == _OOB_TAG:
+        return len(data[1]) + sum(memoryview(b).nbytes for b in data[2])
+    return memoryview(data).nbytes
 
 
 def as_view(data):
@@ -348,6 +368,8 @@ def as_view(data):
     (Ray delivers its own buffer type)."""
     if isinstance(data, (bytes, bytearray, memoryview, serialize.OutOfBand)):
         return data
+    if isinstance(data, tuple) and len(data) == 3 and data[0] == _OOB_TAG:
+        return serialize.OutOfBand(data[1], list(data[2]))
     if isinstance(data, list):
         return [as_view(d) for d in data]
     return memoryview(data)
@@ -370,7 +392,8 @@ def oob_reply(reply, how: str | None):
         return reply
     if tag == "done":
         return (tag, reply[1], oob(reply[2], how)) + tuple(reply[3:])
-    if tag == "mixed" and any(isinstance(p, bytes) and len(p) >= _OOB_BYTES for _s, p in reply[2]):
+    if tag == "mixed" and any(isinstance(p, serialize.OutOfBand) or isinstance(p, bytes) and len(p) >= _OOB_BYTES
+                              for _s, p in reply[2]):
         return (tag, reply[1], [(status, oob(p, how)) for status, p in reply[2]]) + tuple(reply[3:])
     return reply
 
@@ -447,7 +470,7 @@ def _result_arena(carrier: str | None):
     """How a cluster worker pickles results: with a carrier that moves
     PickleBuffers out of band (Ray's), big buffers leave the pickle
     (``serialize.OutOfBand``) and are copied once, into the engine's store."""
-    return serialize.BufferArena(_OOB_BYTES) if carrier == "pickle5" else None
+    return serialize.BufferArena(_OOB_BYTES) if carrier in ("pickle5", "numpy") else None
 
 
 def remote_run(spec: tuple, fn_data, init_data, payload):
@@ -1298,6 +1321,9 @@ class DaskBackend(ClusterBackend):
             config.processes = max(1, self._read_slots())
         self._collect_q: queue.SimpleQueue = queue.SimpleQueue()
         self._futures: dict[str, Any] = {}
+        # Big buffers leave their pickle (serialize.OutOfBand); scattered, they
+        # travel as Dask frames (its pickler takes PickleBuffers out of band).
+        self.arena = serialize.BufferArena(_OOB_BYTES)
         super().__init__(config)
         self._collector = start.mark_own_thread(threading.Thread(
             target=self._collect_loop, name=f"sharkcage-dask-collect-{config.name}", daemon=True))
@@ -1314,7 +1340,7 @@ class DaskBackend(ClusterBackend):
 
     def _launch_remote(self, flight: Flight, args: tuple):
         payload = args[-1]
-        size = sum(memoryview(p).nbytes for p in (payload if isinstance(payload, list) else [payload]))
+        size = sum(_nbytes(p) for p in (payload if isinstance(payload, list) else [payload]))
         if size >= _SCATTER_BYTES:
             # Big data goes straight to a worker as frames (the scheduler's
             # links pickle task specs in-band, at protocol 4: copies), and the
