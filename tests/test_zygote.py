@@ -121,3 +121,21 @@ def test_worker_exit_codes_come_through_the_zygote():
 
 def _kill_self():
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_without_pidfd_support_pools_use_the_stdlib_forkserver():
+    """On a kernel older than Linux 5.3 (no pidfd_open) the zygote cannot
+    watch its workers: pools fall back to the stdlib forkserver and work."""
+    out = _run("""
+        import json, os
+        def no_pidfd(pid, flags=0):
+            raise OSError(38, "Function not implemented")
+        os.pidfd_open = no_pidfd
+        from sharkcage import Pool
+        from sharkcage._engine import zygote
+        with Pool(2) as pool:
+            result = pool.map(abs, range(-5, 0))
+        print(json.dumps(dict(result=result, zygote=bool(zygote.service_pids()))))
+    """)
+    assert out["result"] == [5, 4, 3, 2, 1]
+    assert out["zygote"] is False

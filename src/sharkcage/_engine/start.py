@@ -233,9 +233,26 @@ def uses_zygote(method: str, context) -> bool:
     the default start method, or ``"forkserver"`` asked for by name or with
     the stdlib's own forkserver context, on Linux. A custom context object
     is the user's machinery and is used as it is."""
-    if method != "forkserver" or not sys.platform.startswith("linux"):
+    if method != "forkserver" or not sys.platform.startswith("linux") or not _zygote_supported():
         return False
     return context is None or context is multiprocessing.get_context("forkserver")
+
+
+_zygote_support: bool | None = None
+
+
+def _zygote_supported() -> bool:
+    """The kernel calls the zygote needs: pidfd_open (Linux 5.3) and
+    memfd_create (3.17). Older kernels get the stdlib forkserver instead."""
+    global _zygote_support
+    if _zygote_support is None:
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+            os.close(os.memfd_create("sharkcage-probe", os.MFD_CLOEXEC))
+            _zygote_support = True
+        except (AttributeError, OSError):
+            _zygote_support = False
+    return _zygote_support
 
 
 def fork_is_safe_here() -> bool:

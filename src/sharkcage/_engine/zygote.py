@@ -649,7 +649,14 @@ class _Server:
                 pass
             finally:
                 os._exit(code)
-        pidfd = os.pidfd_open(pid)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:  # out of fds: a child we could not watch must not live on
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(status_r)
+            os.close(status_w)
+            raise
         self.children[pid] = (pidfd, status_w)
         self.sel.register(pidfd, selectors.EVENT_READ, pid)
         return pid, status_r
