@@ -139,3 +139,34 @@ def test_without_pidfd_support_pools_use_the_stdlib_forkserver():
     """)
     assert out["result"] == [5, 4, 3, 2, 1]
     assert out["zygote"] is False
+
+
+def test_a_stopped_zygote_delays_a_start_but_never_hangs_the_pool():
+    """SIGSTOP the zygote: a worker that dies is still seen at once (the
+    parent's own pidfd), its task fails; the replacement's start times out,
+    the stuck zygote is killed and a new one serves."""
+    out = _run("""
+        import json, os, signal, time
+        from sharkcage import Pool, WorkerCrashedError
+        from sharkcage._engine import zygote
+        zygote._REPLY_TIMEOUT = 1.0   # instead of 30 s: a test has no time to lose
+        def die():
+            os.kill(os.getpid(), signal.SIGKILL)
+        with Pool(1) as pool:
+            pool.apply(abs, (-1,))
+            old = zygote.ensure().pid
+            os.kill(old, signal.SIGSTOP)
+            t0 = time.monotonic()
+            try:
+                pool.apply_async(die).get(20)
+                error = None
+            except WorkerCrashedError as e:
+                error = str(e)
+            seen = time.monotonic() - t0
+            value = pool.apply_async(abs, (-7,)).get(30)
+            new = zygote.ensure().pid
+        print(json.dumps(dict(error=error, seen=seen, value=value, replaced=new != old)))
+    """, timeout=55)
+    assert out["error"] and "died" in out["error"]
+    assert out["seen"] < 5
+    assert out["value"] == 7 and out["replaced"]

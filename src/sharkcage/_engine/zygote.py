@@ -79,25 +79,36 @@ class WorkerProcess:
     Quacks like the part of ``multiprocessing.Process`` the supervisor
     uses: ``pid``, ``sentinel`` (an fd, readable once the worker is gone),
     ``exitcode``, ``join``, ``is_alive``, ``close``.
+
+    The sentinel is the parent's own pidfd of the worker: readable the
+    moment it exits, whatever the zygote is doing (even stopped). Its exit
+    code comes through the status pipe the zygote writes when it reaps it;
+    a status that does not come within a join's timeout leaves ``exitcode``
+    None ("died"), and EOF on the pipe means the zygote died first (and the
+    worker with it: PDEATHSIG).
     """
 
-    __slots__ = ("pid", "sentinel", "_exitcode", "_got")
+    __slots__ = ("pid", "sentinel", "_status", "_exitcode", "_got")
 
-    def __init__(self, pid: int, sentinel: int):
+    def __init__(self, pid: int, status: int):
         self.pid = pid
-        self.sentinel = sentinel
+        self._status = status
+        try:
+            self.sentinel = os.pidfd_open(pid)
+        except OSError:  # gone (and reaped) already: the status pipe says so as well
+            self.sentinel = status
         self._exitcode = None
         self._got = b""
 
     def _poll(self, timeout: float | None) -> None:
-        if self._exitcode is not None or self.sentinel is None:
+        if self._exitcode is not None or self._status is None:
             return
         poller = select.poll()  # not select.select: it refuses fds above 1023
-        poller.register(self.sentinel, select.POLLIN)
+        poller.register(self._status, select.POLLIN)
         if not poller.poll(None if timeout is None else int(timeout * 1000)):
             return
         try:
-            data = os.read(self.sentinel, _STATUS.size - len(self._got))
+            data = os.read(self._status, _STATUS.size - len(self._got))
         except BlockingIOError:
             return
         except OSError:
@@ -118,21 +129,32 @@ class WorkerProcess:
         self._poll(timeout)
 
     def is_alive(self) -> bool:
-        return self.exitcode is None
+        if self.exitcode is not None:
+            return False
+        if self.sentinel is None or self.sentinel == self._status:
+            return True
+        poller = select.poll()
+        poller.register(self.sentinel, select.POLLIN)
+        return not poller.poll(0)
 
     def close(self) -> None:
-        if self.sentinel is not None:
+        for fd in {self.sentinel, self._status} - {None}:
             try:
-                os.close(self.sentinel)
+                os.close(fd)
             except OSError:
                 pass
-            self.sentinel = None
+        self.sentinel = self._status = None
+
+
+_REPLY_TIMEOUT = 30.0  # seconds a zygote may take to answer (a fork of a huge process is slow)
+_PRELOAD_TIMEOUT = 120.0  # seconds a spawned zygote may take to import the parent's packages
 
 
 class Zygote:
     """The parent's end of a zygote: :meth:`start` forks one worker there."""
 
     def __init__(self, sock: socket.socket, pid: int, popen=None, hello: bool = True):
+        sock.settimeout(_REPLY_TIMEOUT)  # a stuck or stopped zygote fails a start, never hangs the pool
         self.sock = sock
         self.pid = pid
         self._popen = popen  # the subprocess.Popen of a spawned zygote (reaped with it)
@@ -193,22 +215,24 @@ class Zygote:
         return WorkerProcess(reply[1], got[0])
 
     def stop(self) -> None:
-        """Close our end: the zygote exits, and so do the workers it forked."""
+        """Close our end and make sure the zygote is gone (it may be stuck,
+        or stopped): its workers, which die with it, were lost already."""
         self.alive = False
         try:
             self.sock.close()
         except OSError:
             pass
-        if self._popen is not None:
-            try:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        try:
+            if self._popen is not None:
                 self._popen.wait(5)
-            except Exception:
-                pass
-        else:
-            try:
+            else:
                 os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
+        except Exception:  # noqa: BLE001 - reaped already, or not ours to reap
+            pass
 
 
 def ensure() -> Zygote:
@@ -376,6 +400,7 @@ def _spawn_zygote() -> Zygote:
         preload=start.preload_candidates(),
         tracker_fd=tracker._fd,
     )
+    parent_sock.settimeout(_PRELOAD_TIMEOUT)  # a preload that hangs fails the start instead
     try:
         parent_sock.sendall(pickle.dumps(prep))
         msg = parent_sock.recv(256)  # "ready" once the preload is done
