@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -220,6 +221,8 @@ class Cluster:
                 except psutil.Error:
                     pass
             psutil.wait_procs(left, timeout=1)
+        if not left:  # its logs and sockets go with it (kept when something would not stop)
+            shutil.rmtree(self.dir, ignore_errors=True)
         return [f"{p.pid} {' '.join(_cmdline(p))[:100]}" for p in left]
 
 
