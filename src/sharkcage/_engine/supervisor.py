@@ -1049,8 +1049,9 @@ class Supervisor(FeederRegistry):
         if w.state == "dead":
             return
         # Read what it sent before dying: results delivered are not re-run.
-        if w.eof_deadline is None:
-            self._read_worker(w)
+        # Also after a failed write to it (eof_deadline set): what it sent
+        # (an init failure's traceback, results) is still queued on our end.
+        self._read_worker(w)
         previous_state = w.state
         w.state = "dead"
         w.process.join(1.0)  # the sentinel is ready: this only reads the status
