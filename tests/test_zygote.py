@@ -170,3 +170,40 @@ def test_a_stopped_zygote_delays_a_start_but_never_hangs_the_pool():
     assert out["error"] and "died" in out["error"]
     assert out["seen"] < 5
     assert out["value"] == 7 and out["replaced"]
+
+
+def test_a_zygote_whose_parent_died_waits_for_its_workers_without_spinning():
+    # The parent dies while a worker is busy in a task that holds the GIL;
+    # the zygote waits (up to 2 s) to reap it. That wait must sleep, not busy-loop on the closed
+    # control socket.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import functools, os, re, time
+            from sharkcage import Pool
+            from sharkcage._engine import zygote
+            pool = Pool(1)
+            # a regex that backtracks for seconds holding the GIL: the worker's
+            # watchdog thread cannot make it exit when the parent goes
+            r = pool.apply_async(functools.partial(re.fullmatch, r"(x+x+)+y", "x" * 27))
+            time.sleep(0.5)
+            print(zygote.ensure().pid, flush=True)
+            os._exit(0)   # no clean-up: the zygote sees its control socket close
+        """)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    zpid = int(proc.stdout.readline())
+    proc.wait(30)
+    z = psutil.Process(zpid)
+    try:
+        before = sum(z.cpu_times()[:2])
+        time.sleep(1.0)
+        used = sum(z.cpu_times()[:2]) - before
+        assert z.is_running() and z.status() != psutil.STATUS_ZOMBIE  # still waiting for its worker
+        assert used < 0.3, f"the zygote used {used:.2f} s of CPU in 1 s while waiting"
+    finally:
+        for p in [z, *z.children(recursive=True)]:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs([z], timeout=5)

@@ -588,6 +588,9 @@ class _Server:
         """The parent is gone: let the spare go and reap the workers as they
         exit (each watches its channel), so none is left a zombie of an init
         that does not reap (a container's)."""
+        # The closed control socket stays readable (EOF): watching it now
+        # would turn the wait into a busy loop.
+        self.sel.unregister(self.ctl)
         if self.spare is not None:
             self.spare[1].close()
         if self.tracker_r is not None and select.select([self.tracker_r], [], [], 0)[0]:
