@@ -63,10 +63,16 @@ class Flag:
         return self._set
 
 
-def wait_for(event, timeout: float | None, backend) -> bool:
-    """Wait for ``event``; False on timeout; SharkcageError if the pool is gone."""
+def wait_for(event, timeout: float | None, backend, job=None) -> bool:
+    """Wait for ``event``; False on timeout; SharkcageError if the pool is gone.
+
+    ``job``: the task behind ``event``; one the engine sent from the
+    caller's thread is waited for by reading its worker's reply here.
+    """
     deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
     try:
+        if job is not None and job.direct is not None and not event.is_set():
+            backend.await_direct(job, event.is_set, timeout)
         while True:
             remaining = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
             if remaining <= 0:
@@ -144,10 +150,10 @@ class AsyncResult(Job):
         return bool(self._ok)
 
     def wait(self, timeout: float | None = None) -> None:
-        wait_for(self._event, timeout, self._backend)
+        wait_for(self._event, timeout, self._backend, self)
 
     def get(self, timeout: float | None = None):
-        if not wait_for(self._event, timeout, self._backend):
+        if not wait_for(self._event, timeout, self._backend, self):
             raise multiprocessing.TimeoutError
         if self._ok:
             return self._value
@@ -498,6 +504,23 @@ class AwaitableFuture(concurrent.futures.Future):
         import asyncio
 
         return asyncio.wrap_future(self).__await__()
+
+    def result(self, timeout: float | None = None):
+        return super().result(self._await_direct(timeout))
+
+    def exception(self, timeout: float | None = None):
+        return super().exception(self._await_direct(timeout))
+
+    def _await_direct(self, timeout: float | None) -> float | None:
+        """A task the engine sent from the caller's thread: read its reply in
+        this thread rather than wait for the pool's to hand it over. The
+        time left of ``timeout``."""
+        job = getattr(self, "_sharkcage_job", None)
+        if job is None or job.direct is None or self.done():
+            return timeout
+        began = time.monotonic()
+        self._sharkcage_backend.await_direct(job, self.done, timeout)
+        return timeout if timeout is None else max(0.0, timeout - (time.monotonic() - began))
 
     def cancel(self) -> bool:
         """``Future.cancel()``, stdlib meaning: only a task that has not

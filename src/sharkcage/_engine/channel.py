@@ -19,6 +19,9 @@ from collections import deque
 
 HEADER = struct.Struct("!Q")
 _MAX_SEND = 1 << 20  # bytes per send() call; keeps each loop turn short
+# recv() into one buffer kept per end: recv(n) allocates n bytes per call, and
+# a large n is an mmap/munmap pair plus page faults on every message.
+_RECV_BUFFER = 1 << 16
 
 
 def encode(message) -> bytes:
@@ -33,13 +36,15 @@ class ChannelClosed(Exception):
 class ParentEnd:
     """The supervisor's non-blocking end of one worker's channel."""
 
-    __slots__ = ("sock", "fd", "_inbuf", "_out", "_out_offset")
+    __slots__ = ("sock", "fd", "_inbuf", "_out", "_out_offset", "_rbuf", "_rview")
 
     def __init__(self, sock: socket.socket):
         sock.setblocking(False)
         self.sock = sock
         self.fd = sock.fileno()
         self._inbuf = bytearray()
+        self._rbuf = bytearray(_RECV_BUFFER)
+        self._rview = memoryview(self._rbuf)
         self._out: deque[bytes] = deque()
         self._out_offset = 0
 
@@ -65,6 +70,10 @@ class ParentEnd:
                 self._out_offset = 0
         return True
 
+    def has_output(self) -> bool:
+        """Queued bytes not written yet."""
+        return bool(self._out)
+
     # -- reading ------------------------------------------------------------
     def read_messages(self) -> list:
         """Everything complete that has arrived; raises ChannelClosed on EOF."""
@@ -72,17 +81,17 @@ class ParentEnd:
         eof = False
         while True:
             try:
-                chunk = self.sock.recv(1 << 20)
+                n = self.sock.recv_into(self._rbuf)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 eof = True
                 break
-            if not chunk:
+            if not n:
                 eof = True
                 break
-            buf += chunk
-            if len(chunk) < (1 << 20):
+            buf += self._rview[:n]
+            if n < _RECV_BUFFER:
                 break
         messages = []
         pos = 0
@@ -113,16 +122,18 @@ class WorkerEnd:
         sock.setblocking(True)
         self.sock = sock
         self._buf = bytearray()
+        self._rbuf = bytearray(_RECV_BUFFER)
+        self._rview = memoryview(self._rbuf)
 
     def send(self, message) -> None:
         self.sock.sendall(encode(message))
 
     def _fill(self, need: int) -> None:
         while len(self._buf) < need:
-            chunk = self.sock.recv(max(need - len(self._buf), 1 << 16))
-            if not chunk:
+            n = self.sock.recv_into(self._rbuf)
+            if not n:
                 raise ChannelClosed("the parent closed the channel")
-            self._buf += chunk
+            self._buf += self._rview[:n]
 
     def recv(self):
         """The next message; raises ChannelClosed when the parent is gone."""

@@ -32,13 +32,14 @@ def describe_task(kind: str, name: str, index: int) -> str:
 class Job:
     """Base sink. Subclasses implement ``_deliver``; ``name`` reads like ``map(square)``."""
 
-    __slots__ = ("name", "kind", "cancel_requested", "progress", "__weakref__")
+    __slots__ = ("name", "kind", "cancel_requested", "progress", "direct", "__weakref__")
 
     def __init__(self, name: str, kind: str = "apply"):
         self.name = name
         self.kind = kind
         self.cancel_requested = False  # a whole-job cancel (AsyncResult.cancel, executor.cancel)
         self.progress = None  # an observe.progress.ProgressBar for map-like calls
+        self.direct = None  # the worker it was sent to by the caller's thread (the engine's direct path)
 
     def describe(self, index: int) -> str:
         return describe_task(self.kind, self.name, index)

@@ -24,9 +24,18 @@ Data flow (every arrow that can fail has a named outcome for exactly one task)::
                  deadline passes -> SIGKILL the worker -> TaskTimeoutError for that
                    task only (the clock started when the task did)
 
-Public methods only enqueue commands and wake the loop; nothing outside this
-thread touches the worker table. Every wait in the parent has a way out: a
-sentinel, a deadline or shutdown.
+Public methods enqueue commands and wake the loop. The one exception is the
+direct path, which exists because on two cores every thread hand-off costs
+tens of µs: a single task submitted while the pool is idle is sent by the
+caller's own thread straight to an idle worker, and a caller that then waits
+for it borrows ("leases") that worker's channel and sentinel from the
+selector and reads the reply itself. Both happen under ``_lock``, which the
+loop holds for everything between two ``select()`` calls, and both run the
+loop's own code (``_send_batch``, ``_read_worker``), so every outcome is
+settled exactly as the loop would. A lease ends when the task's outcome is
+in, after a short slice, when the worker dies (the supervisor reaps it) or
+when the loop needs the channel back; the caller then waits as usual. Every
+wait in the parent has a way out: a sentinel, a deadline or shutdown.
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ import logging
 import mmap
 import os
 import pickle
-import selectors
+import select
 import signal
 import socket
 import threading
@@ -46,6 +55,7 @@ import traceback
 from typing import Any, Callable
 
 from sharkcage._engine import replies, serialize, shm, start, zygote
+from sharkcage._engine.poller import READ, WRITE, Poller
 from sharkcage._engine.channel import ChannelClosed, ParentEnd, encode
 from sharkcage._engine.jobs import CallbackRunner, Job
 from sharkcage._engine.feeders import FeederRegistry
@@ -72,6 +82,8 @@ _EOF_GRACE = 2.0  # seconds a worker may linger after closing its channel
 _TERM_GRACE = 0.3  # seconds between SIGTERM and SIGKILL on terminate()
 _INIT_FAILURES = 3  # start failures in a row that break the pool (WorkerInitError)
 _TRACKED_KINDS = ("submit", "actor")  # jobs whose start is asked for by Future.cancel/running
+_LEASE_SLICE = 0.25  # seconds a waiting caller reads a worker's replies itself before handing back
+_LEASE_LOCK_WAIT = 0.005  # a loop turn that takes longer (a worker start) is not waited for
 
 
 class Batch:
@@ -152,6 +164,7 @@ class _Worker:
     __slots__ = (
         "slot_id", "process", "pid", "end", "sentinel", "slot", "slot_view", "assigned", "fns",
         "state", "eof_deadline", "kill_reason", "started", "ever_ran", "tasks_done", "last_done", "streams",
+        "lease", "writing", "lease_poll",
     )
 
     def __init__(self, slot_id: int):
@@ -165,6 +178,9 @@ class _Worker:
         self.tasks_done = 0
         self.last_done = 0.0
         self.streams = []
+        self.lease = None  # a token while a caller thread reads this worker's channel (the direct path)
+        self.writing = False  # the selector watches the channel for writability (output is queued)
+        self.lease_poll = None  # a poll object over the channel and the sentinel, for lease holders
 
 
 class PoolConfig:
@@ -249,6 +265,9 @@ class Supervisor(FeederRegistry):
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._wake_flag = False
+        # Held by the loop between two select() calls; the direct path takes it too.
+        self._lock = threading.Lock()
+        self._stopped = False
         self._fn_lock = threading.Lock()
         self._fn_cache: dict[int, tuple[int, Any, bytes]] = {}
         self._fn_bytes: dict[int, bytes] = {}
@@ -258,8 +277,8 @@ class Supervisor(FeederRegistry):
         self.pending: collections.deque[Batch] = collections.deque()
         self.inflight: dict[int, tuple[_Worker, Batch]] = {}
         self.workers: dict[int, _Worker] = {}
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self.selector = Poller()
+        self.selector.register(self._wake_r, READ, ("wake", None))
         self.state = "running"  # running -> closing -> (done) ; or terminating
         self.broken: BaseException | None = None
         self._init_failures = 0
@@ -355,7 +374,114 @@ class Supervisor(FeederRegistry):
             return
         if self.state != "running" and not (from_feeder and self.state == "closing"):
             raise ValueError("Pool not running")
+        if len(batches) == 1 and not from_feeder and self._send_direct(batches[0]):
+            return
         self._command("submit", batches)
+
+    # ------------------------------------------------------------------
+    # The direct path (see the module doc)
+
+    def _send_direct(self, batch: Batch) -> bool:
+        """Send a one-task batch from the caller's thread to an idle worker;
+        False (nothing done) unless the pool is idle and the loop not busy."""
+        job = batch.job
+        if job is None or len(batch) != 1 or self._commands or self.pending:
+            return False
+        # A hint without the lock (list() of a dict is atomic under the GIL):
+        # a busy pool does not even wait for the lock.
+        if not any(w.state == "ready" and not w.assigned and w.lease is None for w in list(self.workers.values())):
+            return False
+        # A loop turn is a few µs; one that starts a worker is not waited for.
+        if not self._lock.acquire(True, _LEASE_LOCK_WAIT):
+            return False
+        try:
+            if self.state != "running" or self.broken is not None or self._commands or self.pending:
+                return False
+            for w in self.workers.values():
+                if (w.state == "ready" and not w.assigned and w.lease is None and w.eof_deadline is None
+                        and w.kill_reason is None):
+                    break
+            else:
+                return False
+            self._next_batch += 1
+            batch.id = self._next_batch
+            self.recorder.submitted += 1
+            if batch.still_wanted(self._subset) is not None:
+                self._send_batch(w, batch)
+                job.direct = w
+        finally:
+            self._lock.release()
+        if self.config.task_timeout is not None or self.config.warn_after is not None:
+            self._command("wake")  # the loop's sleep must end by this task's deadline
+        return True
+
+    def await_direct(self, job: Job, is_done: Callable[[], bool], timeout: float | None) -> None:
+        """Called by a thread about to wait for ``job``: if it was sent by the
+        direct path, read the worker's replies here (for at most
+        ``_LEASE_SLICE``) instead of waiting for the loop to hand them over.
+        Returns when the outcome is in or the worker is handed back; the
+        caller then waits as usual, for whatever time is left."""
+        w = job.direct
+        if w is None:
+            return
+        job.direct = None
+        if not self._lock.acquire(True, _LEASE_LOCK_WAIT):
+            return
+        try:
+            if (is_done() or self._stopped or w.lease is not None or w.state == "dead"
+                    or w.eof_deadline is not None or not w.assigned or w.end.has_output()):
+                return
+            try:
+                # Only the channel: the loop still watches the sentinel, and a
+                # worker that dies is reaped by the loop, lease or not.
+                self.selector.mute(w.end.fd)
+            except (KeyError, OSError):
+                return
+            token = w.lease = object()
+        finally:
+            self._lock.release()
+        handed_back = False
+        try:
+            poller = w.lease_poll
+            if poller is None:
+                poller = w.lease_poll = select.poll()  # select() refuses fds above 1023
+                poller.register(w.end.fd, select.POLLIN)
+                poller.register(w.sentinel, select.POLLIN)
+            slice_ = _LEASE_SLICE if timeout is None else max(0.0, min(_LEASE_SLICE, timeout))
+            until = time.monotonic() + slice_
+            while not is_done():
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                events = poller.poll(left * 1000.0)
+                if not events:
+                    break
+                with self._lock:
+                    if w.lease is not token:
+                        return  # taken back by the loop (the worker died, or a write waits)
+                    self._read_worker(w)
+                    if w.eof_deadline is not None or w.state == "dead":
+                        break
+        finally:
+            with self._lock:
+                if w.lease is token:
+                    self._end_lease(w)
+                    handed_back = not is_done()
+            if handed_back:
+                self._command("wake")  # deadlines and a dying worker are the loop's again
+
+    def _end_lease(self, w: _Worker) -> None:
+        """The loop watches the worker again (under ``_lock``)."""
+        w.lease = None
+        if w.state != "dead" and not self._stopped:
+            self._watch(w)
+
+    def _watch(self, w: _Worker) -> None:
+        if w.eof_deadline is not None:
+            return  # the channel is closed (and unregistered): only the sentinel matters now
+        w.writing = w.end.has_output()
+        self.selector.modify(w.end.fd, READ | (WRITE if w.writing else 0))
+        self.selector.unmute(w.end.fd)
 
     def _feeders_changed(self) -> None:
         self._command("wake")
@@ -436,13 +562,19 @@ class Supervisor(FeederRegistry):
             self._shutdown_resources()
 
     def _loop_once(self) -> bool:
-        timeout = self._next_timeout()
-        if self._to_start:
-            timeout = 0
+        with self._lock:
+            timeout = 0 if self._to_start else self._next_timeout()
         events = self.selector.select(timeout)
+        with self._lock:
+            return self._turn(events)
+
+    def _turn(self, events) -> bool:
         began = time.perf_counter()
-        for key, mask in events:
-            tag, w = key.data
+        for (tag, w), mask in events:
+            if tag in ("chan", "sentinel") and w.lease is not None:
+                # The worker died (or the event came before the lease): the
+                # loop takes the channel back; the caller finds the lease gone.
+                self._end_lease(w)
             if tag == "wake":
                 # Drain first, then clear the flag, then (below) take the
                 # commands: a writer that saw the flag set has already
@@ -455,9 +587,9 @@ class Supervisor(FeederRegistry):
                     pass
                 self._wake_flag = False
             elif tag == "chan":
-                if mask & selectors.EVENT_READ:
+                if mask & READ:
                     self._read_worker(w)
-                if mask & selectors.EVENT_WRITE and w.state != "dead":
+                if mask & WRITE and w.state != "dead":
                     self._flush(w)
             elif tag == "sentinel":
                 self._reap(w)
@@ -649,7 +781,7 @@ class Supervisor(FeederRegistry):
                     sock.close()
         w.streams = streams or []
         for pipe in w.streams:
-            self.selector.register(pipe.fd, selectors.EVENT_READ, ("output", (w, pipe)))
+            self.selector.register(pipe.fd, READ, ("output", (w, pipe)))
         w.process = proc
         w.pid = proc.pid
         self.recorder.worker_started(slot_id, proc.pid, replacement=slot_id in self._slots_used)
@@ -658,8 +790,8 @@ class Supervisor(FeederRegistry):
         w.end = ParentEnd(parent_sock)
         w.started = time.monotonic()
         self.workers[slot_id] = w
-        self.selector.register(w.end.fd, selectors.EVENT_READ, ("chan", w))
-        self.selector.register(w.sentinel, selectors.EVENT_READ, ("sentinel", w))
+        self.selector.register(w.end.fd, READ, ("chan", w))
+        self.selector.register(w.sentinel, READ, ("sentinel", w))
         if cfg.use_zygote:  # its configuration is the first message it reads
             w.end.queue(encode(("config", pickle.dumps(wcfg, 5))))
             self._want_write(w)
@@ -720,7 +852,11 @@ class Supervisor(FeederRegistry):
         if w.state == "dead" or w.eof_deadline is not None:
             return
         if not self._flush(w):
-            self.selector.modify(w.end.fd, selectors.EVENT_READ | selectors.EVENT_WRITE, ("chan", w))
+            if w.lease is not None:
+                self._end_lease(w)  # the loop must finish the write: take the channel back
+            elif not w.writing:
+                self.selector.modify(w.end.fd, READ | WRITE)
+                w.writing = True
 
     def _flush(self, w: _Worker) -> bool:
         try:
@@ -728,9 +864,10 @@ class Supervisor(FeederRegistry):
         except ChannelClosed:
             self._channel_lost(w)
             return True
-        if done:
+        if done and w.writing and w.lease is None:
+            w.writing = False
             try:
-                self.selector.modify(w.end.fd, selectors.EVENT_READ, ("chan", w))
+                self.selector.modify(w.end.fd, READ)
             except (KeyError, ValueError):
                 pass
         return done
@@ -862,7 +999,8 @@ class Supervisor(FeederRegistry):
         if not self.pending:
             return
         depth = self._depth()
-        ready = [w for w in self.workers.values() if w.state in ("starting", "ready") and w.eof_deadline is None]
+        ready = [w for w in self.workers.values()
+                 if w.state in ("starting", "ready") and w.eof_deadline is None and w.lease is None]
         if not ready:
             return
         max_batches = self.config.maxtasksperchild
@@ -1231,6 +1369,11 @@ class Supervisor(FeederRegistry):
                     pass
 
     def _shutdown_resources(self) -> None:
+        with self._lock:
+            # A caller still reading a worker's channel finds it taken back.
+            self._stopped = True
+            for w in self.workers.values():
+                w.lease = None
         for w in list(self.workers.values()):
             try:
                 w.end.close()

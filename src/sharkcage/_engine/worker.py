@@ -405,8 +405,9 @@ def _serve(chan: WorkerEnd, send, slot, cfg) -> str:
 
     def skip(batch_id: int, index: int) -> bool:
         """Between the items of a split batch: read control messages, then
-        say whether this item was cancelled before it started."""
-        while chan.has_buffered() or select.select([sock], [], [], 0)[0]:
+        say whether this item was cancelled before it started. (Before the
+        first item the loop below has just read them.)"""
+        while chan.has_buffered() or (index and select.select([sock], [], [], 0)[0]):
             handle(chan.recv())
         items = cancelled_items.get(batch_id)
         return items is not None and index in items

@@ -1,0 +1,190 @@
+"""The engine's direct path: a task submitted while the pool is idle is sent
+by the caller's own thread, and the thread that waits for it reads the
+worker's reply itself (src/sharkcage/_engine/supervisor.py, module doc).
+
+Each test first checks that the task really took the direct path, then
+that every way out a task has (a crash, a deadline, a get() timeout,
+terminate, logging, many threads at once) behaves as on the loop's path.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+import threading
+import time
+
+import pytest
+
+from sharkcage import Pool, ProcessPoolExecutor, SharkcageError, TaskTimeoutError, WorkerCrashedError
+
+from sharks import helpers
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _warm(pool: Pool) -> None:
+    """Every worker started and idle, so the next task can go direct."""
+    pool.map(helpers.square, range(8), chunksize=1)
+    deadline = time.monotonic() + 10
+    sup = pool._backend
+    while time.monotonic() < deadline:
+        if len(sup.workers) == pool._processes and all(w.state == "ready" for w in sup.workers.values()):
+            return
+        time.sleep(0.01)
+    raise AssertionError("the workers never became ready")
+
+
+def _direct(pool: Pool, func, args=()):
+    r = pool.apply_async(func, args)
+    assert r.direct is not None, "the task did not take the direct path"
+    return r
+
+
+def test_an_idle_pool_sends_and_reads_in_the_callers_thread():
+    with Pool(2) as pool:
+        _warm(pool)
+        sup = pool._backend
+        direct = 0
+        for i in range(50):
+            r = pool.apply_async(helpers.square, (i,))
+            direct += r.direct is not None
+            assert r.get(10) == i * i
+            # the lease ended: the loop watches the worker again
+            assert all(w.lease is None for w in sup.workers.values())
+        assert direct >= 45, f"only {direct} of 50 tasks on an idle pool took the direct path"
+        assert pool.stats().tasks_done >= 50
+
+
+def test_a_crash_during_a_leased_wait_fails_only_that_task_and_the_pool_goes_on(tmp_path):
+    with Pool(1) as pool:
+        _warm(pool)
+        old = pool.apply(helpers.getpid)
+        r = _direct(pool, helpers.crash, ("os_exit",))
+        with pytest.raises(WorkerCrashedError):
+            r.get(10)
+        assert pool.apply(helpers.square, (7,)) == 49
+        assert pool.apply(helpers.getpid) != old
+
+
+def test_task_timeout_is_kept_for_a_direct_task():
+    with Pool(1, task_timeout=0.5) as pool:
+        _warm(pool)
+        t0 = time.monotonic()
+        r = _direct(pool, helpers.sleep_return, (20,))
+        with pytest.raises(TaskTimeoutError):
+            r.get(15)
+        assert time.monotonic() - t0 < 3
+        assert pool.apply(helpers.square, (3,)) == 9
+
+
+def test_get_timeout_shorter_than_the_task_then_the_result_later():
+    with Pool(1) as pool:
+        _warm(pool)
+        r = _direct(pool, helpers.sleep_return, (0.8, "late"))
+        t0 = time.monotonic()
+        with pytest.raises(multiprocessing.TimeoutError):
+            r.get(0.1)
+        assert time.monotonic() - t0 < 0.6
+        assert r.get(10) == "late"
+
+
+def test_a_long_direct_task_is_handed_back_to_the_loop_and_still_delivered():
+    # Longer than a lease slice: the caller hands the worker back and waits
+    # as usual; the loop reads the reply.
+    with Pool(1) as pool:
+        _warm(pool)
+        r = _direct(pool, helpers.sleep_return, (0.6, "done"))
+        assert r.get(10) == "done"
+        assert all(w.lease is None for w in pool._backend.workers.values())
+
+
+def test_terminate_releases_a_thread_reading_a_leased_worker():
+    pool = Pool(1)
+    try:
+        _warm(pool)
+        r = _direct(pool, helpers.sleep_return, (30,))
+        outcome = []
+
+        def waiter():
+            try:
+                r.get()
+            except BaseException as e:  # noqa: BLE001
+                outcome.append(e)
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        time.sleep(0.3)
+        pool.terminate()
+        t.join(5)
+        assert not t.is_alive(), "a get() on a leased worker still hangs after terminate()"
+        assert len(outcome) == 1 and isinstance(outcome[0], SharkcageError)
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def test_log_records_of_a_direct_task_reach_the_parent(caplog):
+    with Pool(1) as pool:
+        _warm(pool)
+        with caplog.at_level(logging.WARNING):
+            r = _direct(pool, helpers.log_then_return, (5,))
+            assert r.get(10) == 5
+        assert any("5" in rec.getMessage() and rec.levelno == logging.WARNING for rec in caplog.records)
+
+
+def test_many_threads_calling_apply_at_once_get_their_own_results():
+    with Pool(2) as pool:
+        _warm(pool)
+        errors, results = [], {}
+
+        def caller(k):
+            try:
+                results[k] = [pool.apply(helpers.square, (k * 1000 + i,)) for i in range(300)]
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(50)
+        assert not any(t.is_alive() for t in threads), "a caller thread hangs"
+        assert not errors
+        for k in range(4):
+            assert results[k] == [(k * 1000 + i) ** 2 for i in range(300)]
+        assert all(w.lease is None for w in pool._backend.workers.values())
+
+
+def test_executor_future_result_reads_the_reply_itself():
+    with ProcessPoolExecutor(1) as ex:
+        ex.submit(helpers.square, 2).result(10)
+        sup = ex._backend
+        deadline = time.monotonic() + 10
+        while not all(w.state == "ready" and not w.assigned for w in sup.workers.values()):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        f = ex.submit(helpers.square, 9)
+        assert f._sharkcage_job.direct is not None
+        assert f.result(10) == 81
+        f = ex.submit(helpers.sleep_return, 5)
+        with pytest.raises(concurrent.futures.TimeoutError):
+            f.result(0.1)
+        assert f.cancel() is False  # running: the stdlib refuses too
+        g = ex.submit(helpers.square, 3)
+        assert g._sharkcage_job.direct is None  # busy pool: the loop's path
+        assert g.result(10) == 9
+
+
+def test_busy_pool_keeps_the_loops_order():
+    # Work already queued: a new task must not overtake it.
+    with Pool(1) as pool:
+        _warm(pool)
+        first = pool.apply_async(helpers.sleep_return, (0.3, "first"))
+        queued = [pool.apply_async(helpers.square, (i,)) for i in range(5)]
+        assert all(r.direct is None for r in queued)
+        assert first.get(10) == "first"
+        assert [r.get(10) for r in queued] == [i * i for i in range(5)]
+        assert os.getpid() != pool.apply(helpers.getpid)
