@@ -24,6 +24,7 @@ from sharkcage.backends import create_backend
 from sharkcage.results import AsyncIMapIterator, AsyncResult, IMapIterator, MapResult
 
 _RUN = "RUN"
+_NO_KWDS: dict = {}  # shared by every apply_async without keywords (never mutated)
 _CLOSE = "CLOSE"
 _TERMINATE = "TERMINATE"
 
@@ -167,7 +168,9 @@ class Pool:
         self._check_running()
         fn_id = self._fn(func)
         job = AsyncResult(self._backend, _apply_name(func), callback, error_callback)
-        batch = batching.single(job, fn_id, CALL, (tuple(args), dict(kwds or {})), self._backend_arena())
+        # kwds as given (pickled here, so a later change by the caller is not seen)
+        batch = batching.single(job, fn_id, CALL, (tuple(args), dict(kwds) if kwds else _NO_KWDS),
+                                self._backend_arena())
         self._backend.submit([batch])
         return job
 

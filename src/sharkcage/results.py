@@ -28,6 +28,7 @@ from sharkcage._engine.jobs import Job
 from sharkcage.errors import SharkcageError
 
 _SLICE = 0.25  # seconds between checks that the pool is still there
+_RESULTS_LOCK = threading.Lock()
 _log = logging.getLogger("sharkcage")
 
 
@@ -137,8 +138,11 @@ class AsyncResult(Job):
         self._value = None
         self._callback = callback
         self._error_callback = error_callback
-        self._lock = threading.Lock()
-        self._done_callbacks: list = []
+        # One lock for every plain result: its sections are a few field
+        # updates, never a wait, and a burst of apply_async keeps fewer
+        # objects alive. (MapResult, updated by many replies, has its own.)
+        self._lock = _RESULTS_LOCK
+        self._done_callbacks: list | None = None
 
     # -- stdlib API ---------------------------------------------------------
     def ready(self) -> bool:
@@ -203,6 +207,8 @@ class AsyncResult(Job):
     def _on_done(self, fn) -> None:
         with self._lock:
             if not self._event.is_set():
+                if self._done_callbacks is None:
+                    self._done_callbacks = []
                 self._done_callbacks.append(fn)
                 return
         fn()
@@ -210,7 +216,7 @@ class AsyncResult(Job):
     def _mark_done(self) -> None:
         with self._lock:
             self._event.set()
-            callbacks, self._done_callbacks = self._done_callbacks, []
+            callbacks, self._done_callbacks = self._done_callbacks or (), None
         for fn in callbacks:
             try:
                 fn()
@@ -256,6 +262,7 @@ class MapResult(AsyncResult):
 
     def __init__(self, backend, name: str, length: int, callback=None, error_callback=None):
         super().__init__(backend, name, callback, error_callback, kind="map")
+        self._lock = threading.Lock()
         self._values = [None] * length
         self._left = length
         self._first_error = None

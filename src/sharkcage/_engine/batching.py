@@ -55,6 +55,9 @@ def pickle_chunk(items: list, job, first_index: int, fn_id: int, kind: int, rais
     return Batch(fn_id, kind, None, kept, payloads, True, job=job, indices=indices), errors
 
 
+_FIRST = (0,)
+
+
 def single(job, fn_id: int, kind: int, item, arena=None) -> Batch:
     """A batch of one task (apply_async/submit); raises SerializationError."""
     try:
@@ -66,7 +69,9 @@ def single(job, fn_id: int, kind: int, item, arena=None) -> Batch:
         if isinstance(e, (KeyboardInterrupt, serialize.SerializationError)):
             raise
         raise serialize.serialization_error("argument", job.describe(0), item, e) from None
-    return Batch(fn_id, kind, None, [item], [payload], True, job=job, indices=[0])
+    # Tuples, and one shared index tuple: fewer objects for the collector
+    # to track per apply_async (a burst of 10k calls keeps them all alive).
+    return Batch(fn_id, kind, None, (item,), (payload,), True, job=job, indices=_FIRST)
 
 
 def chunks(items: list, chunksize: int):

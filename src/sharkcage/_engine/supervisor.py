@@ -668,11 +668,13 @@ class Supervisor(FeederRegistry):
                     for b in cmd[1]:
                         self._fail_batch(b, SharkcageError("the pool was terminated before this task ran"))
                 else:
+                    n = 0
                     for b in cmd[1]:
                         self._next_batch += 1
                         b.id = self._next_batch
+                        n += len(b.items)
                     self.pending.extend(cmd[1])
-                    self.recorder.submitted += sum(len(b) for b in cmd[1])
+                    self.recorder.submitted += n
             elif tag == "cancel":
                 self._cancel(cmd[1], cmd[2])
             elif tag == "close":
@@ -1041,11 +1043,15 @@ class Supervisor(FeederRegistry):
                             and len(nxt) == 1):
                         break
                     pending.popleft()
-                    if nxt.targets[0][0].start(nxt.targets[0][1]):
+                    if nxt.job is not None:  # a single job's batch: no targets list to build
+                        if nxt.job.start(nxt.indices[0]):
+                            merged.append(nxt)
+                    elif nxt.targets[0][0].start(nxt.targets[0][1]):
                         merged.append(nxt)
                 if len(merged) > 1:
-                    nb = Batch(b.fn_id, b.kind, [m.targets[0] for m in merged], [m.items[0] for m in merged],
-                               [m.payload[0] for m in merged], True, b.attempts)
+                    nb = Batch(b.fn_id, b.kind, [(m.job, m.indices[0]) if m.job is not None else m.targets[0]
+                                                 for m in merged],
+                               [m.items[0] for m in merged], [m.payload[0] for m in merged], True, b.attempts)
                     nb.id = b.id
                     b = nb
             return b
