@@ -1,10 +1,15 @@
-"""The engine's direct path: a task submitted while the pool is idle is sent
-by the caller's own thread, and the thread that waits for it reads the
-worker's reply itself (src/sharkcage/_engine/supervisor.py, module doc).
+"""The engine's fast paths for single calls.
 
-Each test first checks that the task really took the direct path, then
-that every way out a task has (a crash, a deadline, a get() timeout,
-terminate, logging, many threads at once) behaves as on the loop's path.
+The direct path: a task submitted while the pool is idle is sent by the
+caller's own thread, and the thread that waits for it reads the worker's
+reply itself (src/sharkcage/_engine/supervisor.py, module doc). Each test
+first checks that the task really took the direct path, then that every way
+out a task has (a crash, a deadline, a get() timeout, terminate, logging,
+many threads at once) behaves as on the loop's path.
+
+Inline arguments: a call's plain ``(args, kwargs)`` travels unpickled to the
+message that carries it (batching.single), next to calls whose arguments
+were pickled.
 """
 
 from __future__ import annotations
@@ -18,7 +23,11 @@ import time
 
 import pytest
 
-from sharkcage import Pool, ProcessPoolExecutor, SharkcageError, TaskTimeoutError, WorkerCrashedError
+from fractions import Fraction
+
+from sharkcage import Pool, ProcessPoolExecutor, SerializationError, SharkcageError, TaskTimeoutError
+from sharkcage import WorkerCrashedError
+from sharkcage._engine import batching
 
 from sharks import helpers
 
@@ -188,3 +197,48 @@ def test_busy_pool_keeps_the_loops_order():
         assert first.get(10) == "first"
         assert [r.get(10) for r in queued] == [i * i for i in range(5)]
         assert os.getpid() != pool.apply(helpers.getpid)
+
+
+def _echo(*args, **kwargs):
+    return args, kwargs
+
+
+def test_plain_arguments_travel_inline_and_others_are_pickled_at_the_call():
+    with Pool(1) as pool:
+        arena = pool._backend.arena
+        r = pool.apply_async(helpers.square, (3,))
+        plain = batching.single(r, 1, batching.CALL, ((1, "a", b"b", None, 2.5), {"k": 1}), arena, True)
+        assert plain.payload[0] == ((1, "a", b"b", None, 2.5), {"k": 1})  # the item itself
+        other = batching.single(r, 1, batching.CALL, ((Fraction(1, 3),), {}), arena, True)
+        assert isinstance(other.payload[0], bytes)  # not plain data: pickled now
+        with pytest.raises(SerializationError):
+            pool.apply_async(helpers.square, ((x for x in ()),))  # a generator cannot be pickled
+        assert r.get(10) == 9
+
+
+def test_a_burst_of_inline_and_pickled_calls_gets_every_result_in_place():
+    calls = []
+    for i in range(3000):
+        if i % 7 == 0:
+            calls.append(((Fraction(i, 7),), {}))  # pickled at the call
+        elif i % 5 == 0:
+            calls.append((("s" * (i % 50), b"x" * 3, (i, None)), {"key": i, "flag": True}))
+        else:
+            calls.append(((i,), {}))
+    with Pool(2) as pool:
+        _warm(pool)
+        results = [pool.apply_async(_echo, a, k) for a, k in calls]
+        assert [r.get(30) for r in results] == [(tuple(a), k) for a, k in calls]
+
+
+def test_a_crash_in_a_batch_of_inline_calls_fails_only_its_own_task():
+    with Pool(2) as pool:
+        _warm(pool)
+        results = [pool.apply_async(helpers.crash_at, (i, 50)) for i in range(200)]
+        outcomes = []
+        for r in results:
+            try:
+                outcomes.append(r.get(30))
+            except WorkerCrashedError:
+                outcomes.append("crashed")
+        assert outcomes == ["crashed" if i == 50 else i * i for i in range(200)]

@@ -123,6 +123,10 @@ class Pool:
             label_output=label_output, record=record, shm_threshold=shm_threshold,
         )
         self._processes = self._backend.config.processes
+        # id(func) -> (func, fn id, task name) of plain functions: apply_async
+        # looks a function up once per call instead of three times.
+        self._apply_fns: dict = {}
+        self._inline = getattr(self._backend, "inline_items", False)
         self._actors: "weakref.WeakSet" = weakref.WeakSet()
         self._shares: list = []
         # A pool that is garbage-collected without close()/terminate() is
@@ -165,12 +169,18 @@ class Pool:
 
         An argument that cannot be pickled raises :class:`SerializationError` here.
         """
-        self._check_running()
-        fn_id = self._fn(func)
-        job = AsyncResult(self._backend, _apply_name(func), callback, error_callback)
-        # kwds as given (pickled here, so a later change by the caller is not seen)
-        batch = batching.single(job, fn_id, CALL, (tuple(args), dict(kwds) if kwds else _NO_KWDS),
-                                self._backend_arena())
+        if self._state != _RUN:
+            raise ValueError("Pool not running")
+        hit = self._apply_fns.get(id(func))
+        if hit is None or hit[0] is not func:
+            hit = (func, self._fn(func), _apply_name(func))
+            if not _per_call(func) and len(self._apply_fns) < 4096:
+                self._apply_fns[id(func)] = hit
+        job = AsyncResult(self._backend, hit[2], callback, error_callback)
+        # kwds snapshot: the task sees them as they were at this call
+        batch = batching.single(job, hit[1], CALL, (args if type(args) is tuple else tuple(args),
+                                                    dict(kwds) if kwds else _NO_KWDS),
+                                self._backend_arena(), self._inline)
         self._backend.submit([batch])
         return job
 

@@ -22,6 +22,7 @@ import weakref
 from sharkcage._engine import serialize
 from sharkcage._engine.start import mark_own_thread
 from sharkcage._engine.supervisor import Batch
+from sharkcage._engine.worker import CALL
 
 
 def pickle_chunk(items: list, job, first_index: int, fn_id: int, kind: int, raise_errors: bool, arena=None):
@@ -58,8 +59,18 @@ def pickle_chunk(items: list, job, first_index: int, fn_id: int, kind: int, rais
 _FIRST = (0,)
 
 
-def single(job, fn_id: int, kind: int, item, arena=None) -> Batch:
-    """A batch of one task (apply_async/submit); raises SerializationError."""
+def single(job, fn_id: int, kind: int, item, arena=None, inline: bool = False) -> Batch:
+    """A batch of one task (apply_async/submit); raises SerializationError.
+
+    ``inline`` (the local engine): a call's ``(args, kwargs)`` of plain data
+    (``serialize.plainly_small``: it cannot fail to pickle) is kept as it
+    is and pickled with the message that carries it to a worker, one
+    pickle for a whole batch of such calls instead of one per call.
+    """
+    threshold = arena.threshold if arena is not None else serialize.INLINE_LIMIT
+    if inline and kind == CALL and serialize.plainly_small(item, threshold):
+        one = (item,)
+        return Batch(fn_id, kind, None, one, one, True, job=job, indices=_FIRST)
     try:
         if arena is None or serialize.plainly_small(item, arena.threshold):
             payload = serialize.dumps(item)  # no task description needed: nothing can go wrong here

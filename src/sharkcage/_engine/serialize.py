@@ -62,6 +62,7 @@ loads = pickle.loads
 # (see shm.py); everything else is the plain pickle of dumps().
 
 
+INLINE_LIMIT = 1 << 20  # plainly_small's threshold where no shared memory is involved
 _SCALARS = frozenset({int, float, bool, type(None), complex})
 _CONTAINERS = frozenset({tuple, list, dict})
 

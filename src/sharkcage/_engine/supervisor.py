@@ -164,7 +164,7 @@ class _Worker:
     __slots__ = (
         "slot_id", "process", "pid", "end", "sentinel", "slot", "slot_view", "assigned", "fns",
         "state", "eof_deadline", "kill_reason", "started", "ever_ran", "tasks_done", "last_done", "streams",
-        "lease", "writing", "lease_poll",
+        "lease", "writing",
     )
 
     def __init__(self, slot_id: int):
@@ -180,7 +180,6 @@ class _Worker:
         self.streams = []
         self.lease = None  # a token while a caller thread reads this worker's channel (the direct path)
         self.writing = False  # the selector watches the channel for writability (output is queued)
-        self.lease_poll = None  # a poll object over the channel and the sentinel, for lease holders
 
 
 class PoolConfig:
@@ -246,6 +245,10 @@ def _parent_log_level() -> int:
 
 class Supervisor(FeederRegistry):
     """The local engine behind Pool and ProcessPoolExecutor (see the module doc)."""
+
+    # One-task batches may carry a call's plain (args, kwargs) unpickled
+    # (batching.single): the run message pickles them; workers take tuples as is.
+    inline_items = True
 
     def __init__(self, config: PoolConfig):
         self.config = config
@@ -442,11 +445,11 @@ class Supervisor(FeederRegistry):
             self._lock.release()
         handed_back = False
         try:
-            poller = w.lease_poll
-            if poller is None:
-                poller = w.lease_poll = select.poll()  # select() refuses fds above 1023
-                poller.register(w.end.fd, select.POLLIN)
-                poller.register(w.sentinel, select.POLLIN)
+            # One per lease: a revoked holder may still be inside poll()
+            # when the next lease begins. (select() refuses fds above 1023.)
+            poller = select.poll()
+            poller.register(w.end.fd, select.POLLIN)
+            poller.register(w.sentinel, select.POLLIN)
             slice_ = _LEASE_SLICE if timeout is None else max(0.0, min(_LEASE_SLICE, timeout))
             until = time.monotonic() + slice_
             while not is_done():

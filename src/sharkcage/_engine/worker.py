@@ -558,15 +558,20 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, tim
                     i += 1
                     continue
                 if split:
-                    try:
-                        item = serialize.loads_data(raw_items[i], consume=False)
-                    except BaseException as e:  # noqa: BLE001
-                        if outcomes is None:
-                            outcomes = [(OK, r) for r in results]
-                        outcomes.append((BAD_ARGUMENT, pickle.dumps((type(e).__qualname__, serialize.describe_exception(e)))))
-                        append(None)
-                        i += 1
-                        continue
+                    item = raw_items[i]
+                    # A tuple is a call's (args, kwargs) of plain data sent
+                    # inline (batching.single); anything else is a pickle.
+                    if type(item) is not tuple:
+                        try:
+                            item = serialize.loads_data(item, consume=False)
+                        except BaseException as e:  # noqa: BLE001
+                            if outcomes is None:
+                                outcomes = [(OK, r) for r in results]
+                            outcomes.append((BAD_ARGUMENT, pickle.dumps((type(e).__qualname__,
+                                                                         serialize.describe_exception(e)))))
+                            append(None)
+                            i += 1
+                            continue
                 else:
                     item = items[i]
                 value = call(item)
