@@ -408,7 +408,7 @@ def test_cluster_backends_offer_what_the_local_engine_offers(backend):
     if name == "local":
         return
     from sharkcage._engine.supervisor import Supervisor
-    from sharkcage.backends.dask import ClusterBackend
+    from sharkcage.backends._cluster import ClusterBackend
 
     local_only = {"pending", "inflight", "workers", "selector", "state", "broken", "crashes", "restarts"}
     wanted = {n for n in dir(Supervisor) if not n.startswith("_")} - local_only

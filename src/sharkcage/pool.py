@@ -127,6 +127,7 @@ class Pool:
         # looks a function up once per call instead of three times.
         self._apply_fns: dict = {}
         self._inline = getattr(self._backend, "inline_items", False)
+        self._arena = getattr(self._backend, "arena", None)
         self._actors: "weakref.WeakSet" = weakref.WeakSet()
         self._shares: list = []
         # A pool that is garbage-collected without close()/terminate() is
@@ -180,7 +181,7 @@ class Pool:
         # kwds snapshot: the task sees them as they were at this call
         batch = batching.single(job, hit[1], CALL, (args if type(args) is tuple else tuple(args),
                                                     dict(kwds) if kwds else _NO_KWDS),
-                                self._backend_arena(), self._inline)
+                                self._arena, self._inline)
         self._backend.submit([batch])
         return job
 

@@ -32,58 +32,27 @@ _RESULTS_LOCK = threading.Lock()
 _log = logging.getLogger("sharkcage")
 
 
-class Flag:
-    """A one-shot ``threading.Event`` for one result, without its Condition.
+def wait_for(is_set, wait, timeout: float | None, backend, job=None) -> bool:
+    """Wait until ``is_set()``, sleeping in ``wait(seconds) -> bool``; False
+    on timeout; SharkcageError if the pool is gone.
 
-    An Event costs a Condition and a few Python calls to create; a result
-    object is made per task, so this is one C lock held until :meth:`set`.
-    Only the engine side sets it (once, under the result's own lock).
-    """
-
-    __slots__ = ("_lock", "_set")
-
-    def __init__(self):
-        self._lock = _allocate_lock()
-        self._lock.acquire()
-        self._set = False
-
-    def set(self) -> None:
-        if not self._set:
-            self._set = True
-            self._lock.release()
-
-    def is_set(self) -> bool:
-        return self._set
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if self._set:
-            return True
-        if self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
-            self._lock.release()
-            return True
-        return self._set
-
-
-def wait_for(event, timeout: float | None, backend, job=None) -> bool:
-    """Wait for ``event``; False on timeout; SharkcageError if the pool is gone.
-
-    ``job``: the task behind ``event``; one the engine sent from the
-    caller's thread is waited for by reading its worker's reply here.
+    ``job``: the task waited for; one the engine sent from the caller's
+    thread is waited for by reading its worker's reply here.
     """
     deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
     try:
-        if job is not None and job.direct is not None and not event.is_set():
-            backend.await_direct(job, event.is_set, timeout)
+        if job is not None and job.direct is not None and not is_set():
+            backend.await_direct(job, is_set, timeout)
         while True:
             remaining = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
             if remaining <= 0:
-                return event.is_set()
-            if event.wait(remaining):
+                return is_set()
+            if wait(remaining):
                 return True
-            if backend.done.is_set() and not event.is_set():
+            if backend.done.is_set() and not is_set():
                 # The supervisor settles every outcome before it stops; give
                 # the callback thread a moment, then say what happened.
-                if event.wait(1.0):
+                if wait(1.0):
                     return True
                 raise SharkcageError("the pool stopped before this task finished")
     except KeyboardInterrupt:
@@ -128,12 +97,17 @@ class AsyncResult(Job):
     (True, True, (3, 1))
     """
 
-    __slots__ = ("_event", "_ok", "_value", "_callback", "_error_callback", "_backend", "_lock", "_done_callbacks")
+    __slots__ = ("_done", "_gate", "_ok", "_value", "_callback", "_error_callback", "_backend", "_lock",
+                 "_done_callbacks")
 
     def __init__(self, backend, name: str, callback=None, error_callback=None, kind: str = "apply"):
         super().__init__(name, kind)
         self._backend = backend
-        self._event = Flag()
+        # Done when _done is True; _gate, a C lock held until then, is what
+        # waiters sleep on (a threading.Event costs a Condition per result).
+        self._done = False
+        self._gate = _allocate_lock()
+        self._gate.acquire()
         self._ok = None
         self._value = None
         self._callback = callback
@@ -146,7 +120,24 @@ class AsyncResult(Job):
 
     # -- stdlib API ---------------------------------------------------------
     def ready(self) -> bool:
-        return self._event.is_set()
+        return self._done
+
+    def _is_done(self) -> bool:
+        return self._done
+
+    def _wait_done(self, timeout: float) -> bool:
+        if self._done:
+            return True
+        if self._gate.acquire(True, max(0.0, timeout)):
+            self._gate.release()
+            return True
+        return self._done
+
+    def _set_done(self) -> None:
+        # under self._lock: set once
+        if not self._done:
+            self._done = True
+            self._gate.release()
 
     def successful(self) -> bool:
         if not self.ready():
@@ -154,10 +145,10 @@ class AsyncResult(Job):
         return bool(self._ok)
 
     def wait(self, timeout: float | None = None) -> None:
-        wait_for(self._event, timeout, self._backend, self)
+        wait_for(self._is_done, self._wait_done, timeout, self._backend, self)
 
     def get(self, timeout: float | None = None):
-        if not wait_for(self._event, timeout, self._backend, self):
+        if not wait_for(self._is_done, self._wait_done, timeout, self._backend, self):
             raise multiprocessing.TimeoutError
         if self._ok:
             return self._value
@@ -172,7 +163,7 @@ class AsyncResult(Job):
         ``concurrent.futures.CancelledError``.
         """
         with self._lock:
-            if self._event.is_set():
+            if self._done:
                 return False
             self.cancel_requested = True
         self._settle(False, concurrent.futures.CancelledError(f"{self.describe(0)} was cancelled"))
@@ -206,7 +197,7 @@ class AsyncResult(Job):
 
     def _on_done(self, fn) -> None:
         with self._lock:
-            if not self._event.is_set():
+            if not self._done:
                 if self._done_callbacks is None:
                     self._done_callbacks = []
                 self._done_callbacks.append(fn)
@@ -215,7 +206,7 @@ class AsyncResult(Job):
 
     def _mark_done(self) -> None:
         with self._lock:
-            self._event.set()
+            self._set_done()
             callbacks, self._done_callbacks = self._done_callbacks or (), None
         for fn in callbacks:
             try:
@@ -226,7 +217,7 @@ class AsyncResult(Job):
     # -- engine side ----------------------------------------------------------
     def deliver(self, index: int, ok: bool, value) -> None:
         with self._lock:
-            if self._event.is_set() or self._ok is not None:
+            if self._done or self._ok is not None:
                 return  # first outcome wins (a cancel, a terminate)
             self._ok = ok
         self._settle(ok, value)
@@ -296,7 +287,7 @@ class MapResult(AsyncResult):
             self._settle(*outcome)
 
     def _taken(self) -> bool:
-        return self._event.is_set() or self._ok is not None or self._values is None
+        return self._done or self._ok is not None or self._values is None
 
     def _count(self, ok: int, failed: int):
         """Under the lock: n more outcomes in; (ok, value) when the last is."""

@@ -377,7 +377,7 @@ class Supervisor(FeederRegistry):
             return
         if self.state != "running" and not (from_feeder and self.state == "closing"):
             raise ValueError("Pool not running")
-        if len(batches) == 1 and not from_feeder and self._send_direct(batches[0]):
+        if not self.inflight and len(batches) == 1 and not from_feeder and self._send_direct(batches[0]):
             return
         self._command("submit", batches)
 
@@ -388,17 +388,18 @@ class Supervisor(FeederRegistry):
         """Send a one-task batch from the caller's thread to an idle worker;
         False (nothing done) unless the pool is idle and the loop not busy."""
         job = batch.job
-        if job is None or len(batch) != 1 or self._commands or self.pending:
-            return False
-        # A hint without the lock (list() of a dict is atomic under the GIL):
-        # a busy pool does not even wait for the lock.
-        if not any(w.state == "ready" and not w.assigned and w.lease is None for w in list(self.workers.values())):
+        # Only when nothing at all is in flight: a task sent alone is the
+        # quickest round trip, but a burst of submits goes faster through the
+        # loop, which merges them into one message per worker. (Unlocked
+        # reads here are hints; they are checked again under the lock.)
+        if job is None or len(batch) != 1 or self.inflight or self._commands or self.pending:
             return False
         # A loop turn is a few µs; one that starts a worker is not waited for.
         if not self._lock.acquire(True, _LEASE_LOCK_WAIT):
             return False
         try:
-            if self.state != "running" or self.broken is not None or self._commands or self.pending:
+            if (self.state != "running" or self.broken is not None or self.inflight or self._commands
+                    or self.pending):
                 return False
             for w in self.workers.values():
                 if (w.state == "ready" and not w.assigned and w.lease is None and w.eof_deadline is None

@@ -7,7 +7,7 @@ uses that connection and never shuts it down; if sharkcage opened it, the
 last sharkcage pool using it shuts it down at close/terminate. Importing this
 module does not import Ray; building the backend does.
 
-Each batch is one Ray task running ``remote_run`` (see ``backends/dask.py``
+Each batch is one Ray task running ``remote_run`` (see ``backends/_cluster.py``
 for the shared machinery and its data flow): ``worker.run_batch`` on the Ray
 worker, its reply settled with ``replies.settle``, so errors map onto the
 same classes as on the local engine. Ray can kill the worker running a task
@@ -31,7 +31,7 @@ import logging
 import threading
 
 from sharkcage._engine import serialize, start
-from sharkcage.backends.dask import _OOB_BYTES, ClusterBackend, ClusterConfig, Flight, _Fn, check_options, \
+from sharkcage.backends._cluster import _OOB_BYTES, ClusterBackend, ClusterConfig, Flight, _Fn, check_options, \
     remote_run, remote_run_stream
 
 log = logging.getLogger("sharkcage")

@@ -1,0 +1,1268 @@
+"""What every cluster backend (Dask, Ray) shares: the parent's dispatcher
+(:class:`ClusterBackend`) and what runs on the cluster (:func:`remote_run`).
+
+Data flow (one thread per pool owns the pool's state, as the local
+supervisor does)::
+
+    caller threads                dispatcher thread                     cluster worker
+    --------------                -----------------                     --------------
+    register_function(fn) -- cloudpickle once (SerializationError here)
+    submit(batches) -----+
+    cancel(job) ---------+--> events queue
+    close()/terminate() -+        |
+                                  v
+                 pending batches -> 2 per cluster slot in flight (16 when
+                   batches are short), single submits merged into one call:
+                   one remote call per batch ----------------------------> remote_run(...)
+                   (the function's bytes inline when small, else             loads the function once per
+                    a cluster-side object made once per pool; big            process (LRU cache), runs the
+                    pickles as zero-copy buffers, scattered on Dask)         initializer once, then
+                                                                             worker.run_batch(...)
+                 "outcome" <- a collector thread gathers finished  <------  (reply, log records, stats)
+                   futures (so a slow transfer never stalls dispatch)
+                   log records -> the parent's handlers, then
+                   replies.settle(...) -> Job.deliver(index, ok, value)
+                 worker lost -> the batch's items rerun one by one; a
+                   single item that loses its worker again is that task's
+                   WorkerCrashedError (after ``retries``)
+
+Errors map onto the local engine's classes: the reply is the one
+``worker.run_batch`` builds for a local worker, decoded by the same
+``replies.settle``. The engines plug in through a handful of methods
+(launch a call, stop it, read the cluster's size, publish an object);
+``dask.py`` and ``ray.py`` are those. See docs/backends.md for every
+guarantee per backend.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import concurrent.futures
+import logging
+import numbers
+import os
+import pickle
+import queue
+import socket
+import threading
+import time
+import traceback
+import uuid
+import weakref
+from typing import Any, Callable
+
+from sharkcage._engine import replies, serialize, start
+from sharkcage._engine import worker as worker_mod
+from sharkcage._engine.jobs import CallbackRunner, Job
+from sharkcage._engine.recorder import Recorder
+from sharkcage._engine.feeders import FeederRegistry
+from sharkcage._engine.supervisor import Batch, _parent_log_level
+from sharkcage.errors import (
+    SharkcageError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    WorkerInitError,
+)
+
+log = logging.getLogger("sharkcage")
+
+_INLINE_LIMIT = 64 * 1024  # bytes of a pickled function sent with every batch; bigger ones once per worker
+_DEPTH = 2  # batches in flight per cluster slot, so a worker never waits for the parent
+_SHORT_DEPTH = 16  # ... when batches are short: enough to cover a remote call's latency
+_SHORT_BATCH = 0.01  # seconds: a batch shorter than this is "short"
+_REFRESH = 5.0  # seconds between re-reading the cluster's size (clusters grow and shrink)
+_MAX_COALESCE = 64  # single-task submits merged into one remote call at most
+
+_live: "weakref.WeakSet[ClusterBackend]" = weakref.WeakSet()
+
+
+# ----------------------------------------------------------------------------
+# Options
+
+
+class ClusterConfig:
+    """What the facades read from a backend (``processes``, ``name``, ...)."""
+
+    def __init__(self, engine: str, processes: int, fixed: bool, *, task_timeout=None, retries=0,
+                 initializer=None, initargs=(), name: str = "pool", record: bool = True):
+        self.engine = engine
+        self.processes = processes  # cluster slots at creation (the facades size chunks by it)
+        self.fixed = fixed  # the user chose ``processes``: never use more slots than that
+        self.task_timeout = task_timeout
+        self.retries = retries
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
+        self.name = name
+        self.record = record  # False: pool-wide counts only, no timeline (Pool(record=False))
+
+
+_counter = 0
+_counter_lock = threading.Lock()
+
+
+def _facade_default(name: str):
+    """The default of option ``name`` in the facades' signatures (a marker if none)."""
+    import inspect
+
+    from sharkcage.executor import ProcessPoolExecutor
+    from sharkcage.pool import Pool
+
+    for cls in (Pool, ProcessPoolExecutor):
+        param = inspect.signature(cls.__init__).parameters.get(name)
+        if param is not None and param.default is not inspect.Parameter.empty:
+            return param.default
+    return _NO_DEFAULT
+
+
+_NO_DEFAULT = object()
+
+
+def check_options(engine: str, *, processes=None, initializer=None, initargs=(), finalizer=None,
+                  maxtasksperchild=None, context=None, start_method=None, task_timeout=None,
+                  max_memory_per_worker=None, retries=0, allow_unsafe_fork=False, warn_after=None,
+                  label_output=False, record=True, shm_threshold=None,
+                  timeout_supported: bool, **other) -> ClusterConfig:
+    """Validate the pool's options for a cluster; refuse what the engine cannot honour.
+
+    Everything is checked before anything connects, so a refused option
+    leaves nothing behind. ``allow_unsafe_fork`` is accepted and ignored:
+    nothing forks the caller's process on a cluster.
+    """
+    global _counter
+    if processes is not None and (isinstance(processes, bool) or not isinstance(processes, numbers.Integral)
+                                  or processes < 1):
+        raise ValueError(f"Number of processes must be at least 1, not {processes!r}")
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be a callable")
+    if isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0:
+        raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
+    try:
+        initargs = tuple(initargs)
+    except TypeError:
+        raise TypeError(f"initargs must be a tuple of arguments, not {initargs!r}") from None
+    refused = [
+        ("finalizer", finalizer, "cluster workers outlive the pool, so there is no orderly exit to run it at; "
+                                 "release resources at the end of each task instead"),
+        ("maxtasksperchild", maxtasksperchild, "cluster workers are not the pool's to recycle; "
+                                               f"configure restarts in {engine} itself"),
+        ("max_memory_per_worker", max_memory_per_worker,
+         "memory limits of cluster workers are set on the cluster ("
+         + ("`dask worker --memory-limit`" if engine == "dask" else "Ray's memory monitor") + ")"),
+        ("context", context, f"{engine} starts its own worker processes"),
+        ("start_method", start_method, f"{engine} starts its own worker processes"),
+        ("warn_after", warn_after, "sharkcage cannot read the stack of a task on a cluster worker; "
+                                   + ("the Dask dashboard's call stacks show it" if engine == "dask"
+                                      else "`ray stack` on the worker's node shows it")),
+    ]
+    if label_output:
+        refused.append(("label_output", label_output, f"{engine} collects its workers' output itself"
+                        + (" (the worker logs)" if engine == "dask" else " (log_to_driver=True in ray.init)")))
+    if shm_threshold is not None and shm_threshold != _facade_default("shm_threshold"):
+        refused.append(("shm_threshold", shm_threshold, f"data travels through {engine}'s own transport, "
+                                                        "not this machine's shared memory"))
+    # An option a newer facade passes that this backend does not know yet:
+    # harmless at the facades' default, refused (loudly) otherwise.
+    refused += [(k, v, "this backend does not know the option yet") for k, v in other.items()
+                if v is not None and v != _facade_default(k)]
+    for name, value, why in refused:
+        if value is not None:
+            raise ValueError(f"{name}={value!r} is not supported with backend={engine!r}: {why}")
+    if task_timeout is not None:
+        if isinstance(task_timeout, bool) or not isinstance(task_timeout, numbers.Real) or not task_timeout > 0:
+            raise ValueError(f"task_timeout must be a positive number of seconds or None, not {task_timeout!r}")
+        if not timeout_supported:
+            raise ValueError(
+                f"task_timeout={task_timeout!r} cannot be enforced with backend={engine!r}: {engine} has no way to "
+                "stop a task once it runs (its worker threads cannot be killed), so the limit would be a lie. "
+                "Enforce the limit inside the task (a timeout on whatever it waits for), or use backend='ray' "
+                "(which kills the task's worker process) or backend='local'."
+            )
+    with _counter_lock:
+        _counter += 1
+        name = f"{engine}{_counter}"
+    return ClusterConfig(engine, processes or 1, processes is not None, task_timeout=task_timeout,
+                         retries=int(retries), initializer=initializer, initargs=initargs, name=name,
+                         record=bool(record))
+
+
+# ----------------------------------------------------------------------------
+# Worker side: runs inside a cluster worker process (imported there by reference,
+# so the workers need sharkcage installed, but never Dask or Ray through it).
+
+_remote_lock = threading.Lock()
+_remote_fns: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
+_remote_states: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
+_REMOTE_FN_LIMIT = 128  # callables a worker process keeps before the oldest is forgotten
+_REMOTE_STATE_LIMIT = 32  # pools whose initializer state a worker process keeps
+
+
+def _remote_function(key: str, data: bytes):
+    """The callable for ``key``, unpickled once per worker process."""
+    with _remote_lock:
+        entry = _remote_fns.get(key)
+        if entry is None:
+            entry = _remote_fns[key] = data
+            while len(_remote_fns) > _REMOTE_FN_LIMIT:
+                _remote_fns.popitem(last=False)
+        else:
+            _remote_fns.move_to_end(key)
+    one = {key: entry}
+    try:
+        return worker_mod.load_function(one, key)
+    finally:
+        with _remote_lock:
+            if key in _remote_fns:
+                _remote_fns[key] = one[key]  # the function, or the record of why it failed
+
+
+def _remote_state(token: str, init_key: str, init_data: bytes) -> None:
+    """Run the pool's initializer once in this worker process; ``worker_state()`` returns its value."""
+    with _remote_lock:
+        known = token in _remote_states
+        state = _remote_states.get(token)
+    if not known:
+        initializer, initargs = _remote_function(init_key, init_data)
+        state = initializer(*initargs)
+        with _remote_lock:
+            _remote_states[token] = state
+            while len(_remote_states) > _REMOTE_STATE_LIMIT:
+                _remote_states.popitem(last=False)
+    # One module-level slot per process: a worker thread shared by two pools
+    # with initializers sees the state of the pool whose task it runs now.
+    worker_mod._state = state
+
+
+class _Capture(logging.Handler):
+    """Collects the records the task's own thread logs, for the parent's handlers."""
+
+    def __init__(self, level: int):
+        super().__init__(logging.NOTSET)
+        self.level_wanted = level
+        self.thread = threading.get_ident()
+        self.records: list[bytes] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Several tasks share a Dask worker process; each keeps its own records.
+        if record.thread != self.thread or record.levelno < self.level_wanted:
+            return
+        try:
+            self.records.append(worker_mod.record_bytes(record))
+        except Exception:
+            self.handleError(record)
+
+
+def _capture_logs(level: int) -> _Capture:
+    handler = _Capture(level)
+    root = logging.getLogger()
+    # Records below the root's level are never created; lower it (never
+    # raise it) so the parent's level decides, as with local workers.
+    if root.level == logging.NOTSET or root.level > level:
+        root.setLevel(level)
+    root.addHandler(handler)
+    return handler
+
+
+def _allow_children() -> None:
+    """Let a task create a pool of its own (nested pools), as local workers do.
+
+    Dask starts its worker processes as daemonic ``multiprocessing``
+    children, and multiprocessing refuses children of a daemonic process.
+    The flag only guards that refusal (the nanny, not this flag, ends the
+    worker), so clearing it in the worker changes nothing else.
+    """
+    import multiprocessing.process as mpp
+
+    config = mpp.current_process()._config
+    if config.get("daemon"):
+        config["daemon"] = False
+
+
+def _prepare(batch_id, token, init, fn_key, fn_data):
+    """The task's function (initializer run first); or the reply that fails the batch."""
+    _allow_children()
+    if init is not None:
+        try:
+            _remote_state(token, *init)
+        except BaseException as e:  # noqa: BLE001 - SystemExit from an initializer is a failure too
+            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+            return None, ("fn_failed", batch_id, serialize.pack_exception(WorkerInitError(tb, attempts=1)))
+    try:
+        return _remote_function(fn_key, fn_data), None
+    except BaseException as e:  # noqa: BLE001
+        return None, ("fn_failed", batch_id, serialize.pack_exception(e))
+
+
+_OOB_BYTES = 1 << 20  # pickles from this size travel out-of-band through the engine's transport
+
+
+def _carrier(how: str):
+    """How big pickles cross the engine: wrapped so its transport moves them
+    without copying them into a message (they arrive as some buffer, which
+    ``pickle.loads`` reads as it is).
+
+    * ``"pickle5"`` (Ray): a ``PickleBuffer``, taken out-of-band by Ray's
+      protocol-5 serializer into the object store.
+    * ``"numpy"`` (Dask): a zero-copy ``uint8`` array view, which Dask sends
+      as raw frames (its scheduler links pickle at protocol 4, so a
+      PickleBuffer cannot cross them, and ``bytes`` move several times slower).
+    """
+    if how == "pickle5":
+        return pickle.PickleBuffer
+    if how == "numpy":
+        try:
+            import numpy
+        except ImportError:
+            return None
+        return lambda b: numpy.frombuffer(b, dtype=numpy.uint8)
+    return None
+
+
+_OOB_TAG = "sharkcage-out-of-band"  # an OutOfBand taken apart for Dask: (tag, head, [uint8 arrays])
+
+
+def oob(data, how: str | None):
+    """``data`` (a pickle, an ``OutOfBand``, or a list of them) ready for the
+    engine: big pickles wrapped by ``_carrier(how)``; for Dask an
+    ``OutOfBand`` becomes a tuple holding its buffers as ``uint8`` views,
+    which Dask finds in a task's arguments or result and moves as frames
+    (its links pickle at protocol 4, so a PickleBuffer cannot cross them)."""
+    wrap = _carrier(how) if how else None
+    if wrap is None:
+        return data
+    if isinstance(data, bytes):
+        return wrap(data) if len(data) >= _OOB_BYTES else data
+    if isinstance(data, serialize.OutOfBand):
+        if how != "numpy":
+            return data
+        return (_OOB_TAG, data.head, [wrap(b.raw() if isinstance(b, pickle.PickleBuffer) else b)
+                                      for b in data.buffers])
+    if isinstance(data, list) and any(isinstance(d, serialize.OutOfBand) or isinstance(d, bytes)
+                                      and len(d) >= _OOB_BYTES for d in data):
+        return [oob(d, how) for d in data]
+    return data
+
+
+def _nbytes(data) -> int:
+    """Bytes of one pickle as ``oob`` left it (plain, wrapped, or taken apart)."""
+    if isinstance(data, tuple) and len(data) == 3 and data[0] == _OOB_TAG:
+        return len(data[1]) + sum(memoryview(b).nbytes for b in data[2])
+    return memoryview(data).nbytes
+
+
+def as_view(data):
+    """What ``oob`` sent, as something ``pickle.loads`` and a byte check read
+    (Ray delivers its own buffer type)."""
+    if isinstance(data, (bytes, bytearray, memoryview, serialize.OutOfBand)):
+        return data
+    if isinstance(data, tuple) and len(data) == 3 and data[0] == _OOB_TAG:
+        return serialize.OutOfBand(data[1], list(data[2]))
+    if isinstance(data, list):
+        return [as_view(d) for d in data]
+    return memoryview(data)
+
+
+def reply_views(reply):
+    """``as_view`` over the pickles of a reply that crossed the engine."""
+    tag = reply[0]
+    if tag == "done":
+        return (tag, reply[1], as_view(reply[2])) + tuple(reply[3:])
+    if tag == "mixed":
+        return (tag, reply[1], [(status, as_view(p)) for status, p in reply[2]]) + tuple(reply[3:])
+    return reply
+
+
+def oob_reply(reply, how: str | None):
+    """``oob`` over the pickles of a worker's reply tuple."""
+    tag = reply[0]
+    if not how:
+        return reply
+    if tag == "done":
+        return (tag, reply[1], oob(reply[2], how)) + tuple(reply[3:])
+    if tag == "mixed" and any(isinstance(p, serialize.OutOfBand) or isinstance(p, bytes) and len(p) >= _OOB_BYTES
+                              for _s, p in reply[2]):
+        return (tag, reply[1], [(status, oob(p, how)) for status, p in reply[2]]) + tuple(reply[3:])
+    return reply
+
+
+def _rss() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_HOST = socket.gethostname()
+
+
+_plain_lock = threading.Lock()
+_plain_depth = 0
+_plain_hidden: dict = {}
+_tblib_scanned: tuple = (-1, [])  # (size of copyreg's table when scanned, tblib's exception classes)
+
+
+class _PlainExceptionPickling:
+    """Hide tblib's exception reducers from ``copyreg`` while our tasks run.
+
+    Dask workers install tblib's ``pickling_support`` for every exception
+    class; its reducer rebuilds an exception with ``__new__`` and attribute
+    copies, so ``SystemExit(3).code`` arrives as None, ``OSError.errno`` is
+    lost, and an exception that cannot survive pickle (seed 003) seems to
+    round-trip and never becomes a RemoteError. Counted, so concurrent tasks
+    of a multi-threaded worker share one hiding; Dask's own error reports
+    (which want tblib) pickle tracebacks, not our exceptions.
+    """
+
+    def __enter__(self):
+        global _plain_depth, _tblib_scanned
+        with _plain_lock:
+            if _plain_depth == 0:
+                import copyreg
+
+                table = copyreg.dispatch_table
+                if len(table) != _tblib_scanned[0]:  # tblib registered more: look again
+                    _tblib_scanned = (len(table), [
+                        cls for cls, reducer in list(table.items())
+                        if isinstance(cls, type) and issubclass(cls, BaseException)
+                        and getattr(reducer, "__module__", "").startswith("tblib")])
+                for cls in _tblib_scanned[1]:
+                    reducer = table.pop(cls, None)
+                    if reducer is not None:
+                        _plain_hidden[cls] = reducer
+            _plain_depth += 1
+
+    def __exit__(self, *exc_info):
+        global _plain_depth, _tblib_scanned
+        with _plain_lock:
+            _plain_depth -= 1
+            if _plain_depth == 0:
+                import copyreg
+
+                for cls, reducer in _plain_hidden.items():
+                    copyreg.dispatch_table.setdefault(cls, reducer)
+                _plain_hidden.clear()
+                _tblib_scanned = (len(copyreg.dispatch_table), _tblib_scanned[1])
+
+
+def _exception_guard():
+    """The guard above where tblib is loaded (Dask workers), nothing elsewhere."""
+    import contextlib
+    import sys
+
+    return _PlainExceptionPickling() if "tblib.pickling_support" in sys.modules else contextlib.nullcontext()
+
+
+def _result_arena(carrier: str | None):
+    """How a cluster worker pickles results: with a carrier that moves
+    PickleBuffers out of band (Ray's), big buffers leave the pickle
+    (``serialize.OutOfBand``) and are copied once, into the engine's store."""
+    return serialize.BufferArena(_OOB_BYTES) if carrier in ("pickle5", "numpy") else None
+
+
+def remote_run(spec: tuple, fn_data, init_data, payload):
+    """One batch on a cluster worker: ``(reply, log records, (host, pid, seconds, rss))``.
+
+    ``spec`` is ``(token, fn_key, init_key, batch_id, kind, split, log_level,
+    carrier)``; the function's (and initializer's) pickles come as their own
+    arguments, so the engine can resolve a cluster-side copy in their place.
+    The reply is exactly what a local worker sends (``worker.run_batch``),
+    so the parent decodes it with ``replies.settle_batch`` and every error
+    maps onto the same classes. Never raises: a failure to load the function
+    or to run the initializer fails the batch's tasks with that error.
+    """
+    token, fn_key, init_key, batch_id, kind, split, log_level, carrier = spec
+    init = None if init_key is None else (init_key, init_data)
+    handler = _capture_logs(log_level)
+    began = time.monotonic()
+    payload = as_view(payload)
+    try:
+        with _exception_guard():
+            fn, reply = _prepare(batch_id, token, init, fn_key, fn_data)
+            if reply is None:
+                reply = worker_mod.run_batch(batch_id, fn, kind, payload, split, timed=False,
+                                             arena=_result_arena(carrier))
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return oob_reply(reply, carrier), handler.records, (_HOST, os.getpid(), time.monotonic() - began, _rss())
+
+
+def remote_run_stream(spec: tuple, fn_data, init_data, payload):
+    """Like :func:`remote_run`, item by item, announcing each start (a generator).
+
+    Used where the parent enforces ``task_timeout``: ``("start", i)`` tells
+    it when item ``i`` started (its clock starts then), ``("item", i, reply,
+    records, meta)`` settles it. ``payload`` is a list of per-item pickles.
+    """
+    token, fn_key, init_key, batch_id, kind, split, log_level, carrier = spec
+    init = None if init_key is None else (init_key, init_data)
+    me = (_HOST, os.getpid())
+    payload = as_view(payload)
+    with _exception_guard():
+        fn, reply = _prepare(batch_id, token, init, fn_key, fn_data)
+    if reply is not None:
+        yield ("all", reply, [], me + (0.0, _rss()))
+        return
+    for i, item in enumerate(payload):
+        yield ("start", i, me)
+        handler = _capture_logs(log_level)
+        began = time.monotonic()
+        try:
+            with _exception_guard():
+                reply = worker_mod.run_batch(batch_id, fn, kind, [item], True, timed=False,
+                                             arena=_result_arena(carrier))
+        finally:
+            logging.getLogger().removeHandler(handler)
+        yield ("item", i, oob_reply(reply, carrier), handler.records,
+               me + (time.monotonic() - began, _rss()))
+
+
+# ----------------------------------------------------------------------------
+# Parent side, engine-neutral
+
+
+class _Fn:
+    """A registered callable: its bytes, and where the cluster finds them."""
+
+    __slots__ = ("key", "data", "per_call", "remote")
+
+    def __init__(self, key: str, data: bytes, per_call: bool):
+        self.key = key  # the worker-side cache key
+        self.data = data
+        self.per_call = per_call
+        self.remote = None  # the engine's handle on a copy kept in the cluster (big functions)
+
+
+class Flight:
+    """A batch running on the cluster as one remote call."""
+
+    __slots__ = ("key", "batch", "handle", "kill", "running", "started_at", "settled", "stream", "slot", "pid",
+                 "sent_at", "alone", "deps")
+
+    def __init__(self, key: str, batch: Batch, stream: bool, alone: bool = False):
+        self.key = key
+        self.batch = batch
+        self.handle = None  # the engine's future / object ref / generator
+        self.kill = None  # ("timeout", item) | ("cancel", job) | ("terminate",): why we stopped it
+        self.running = None  # item running now (streamed batches only)
+        self.started_at = 0.0
+        self.settled: set[int] = set()  # items already settled (streamed batches only)
+        self.stream = stream
+        self.slot = -1  # the recorder's slot of the worker running it, once known
+        self.pid = None
+        self.sent_at = time.monotonic()
+        self.alone = alone  # a suspect of a crash, running with nothing else of the pool in flight
+        self.deps = None  # engine objects the call needs alive (a scattered payload)
+
+
+class ClusterRecorder(Recorder):
+    """``pool.stats()``/``timeline()`` for a cluster: one slot per worker
+    process seen (host, pid), its RSS as the worker itself reported it."""
+
+    def __init__(self, enabled: bool = True):
+        super().__init__(enabled)
+        self._ids: dict[tuple, int] = {}
+
+    def worker(self, host: str, pid: int) -> int:
+        key = (host, pid)
+        slot = self._ids.get(key)
+        if slot is None:
+            slot = self._ids[key] = len(self._ids)
+            self.worker_started(slot, pid, replacement=False)
+        return slot
+
+    def remote_rss(self, slot_id: int, rss) -> None:
+        if rss is None or not self.enabled:
+            return
+        with self._lock:
+            s = self._slot(slot_id)
+            if s.peak_rss is None or rss > s.peak_rss:
+                s.peak_rss = rss
+
+    def crashed(self) -> None:
+        with self._lock:
+            self.crashes += 1
+
+    def _sample_rss(self, s) -> None:
+        pass  # the pid belongs to a cluster worker, maybe on another host
+
+
+class ClusterBackend(FeederRegistry):
+    """The Backend protocol over a remote engine: one dispatcher thread per pool.
+
+    Subclasses connect to their engine and implement ``_launch_remote``,
+    ``_stop_remote``, ``_publish``, ``_cluster_slots`` and ``_disconnect``;
+    they report each remote call's end by posting ``("outcome", key, kind,
+    value)`` with kind ``"reply"`` (value: what :func:`remote_run` returned),
+    ``"end"`` (a streamed batch finished), ``"crashed"`` (value: ``(pid,
+    exitcode, cause)``), ``"cancelled"`` or ``"error"`` (value: the exception).
+    """
+
+    engine = "cluster"
+    stream_items = False  # run batches through remote_run_stream (per-item starts)
+    # Whether a crash report names only the task that was running (Ray: a
+    # worker holds one task at a time) or may name tasks merely queued on the
+    # dead worker too (Dask: every task "processing" there is suspected).
+    exact_crashes = True
+    carrier: str | None = None  # how big pickles cross the engine (see ``_carrier``)
+
+    def __init__(self, config: ClusterConfig):
+        self.config = config
+        # Everything that can refuse comes first: a constructor that raises
+        # leaves no thread behind.
+        self._init_fn = None
+        if config.initializer is not None:
+            try:
+                init_data = serialize.dumps_callable((config.initializer, config.initargs))
+            except BaseException as e:  # noqa: BLE001
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                raise serialize.serialization_error(
+                    "argument", f"the initializer {serialize.callable_name(config.initializer)}",
+                    config.initializer, e) from None
+        self.done = threading.Event()
+        self.recorder = ClusterRecorder(config.record)
+        # stats().shm_bytes: the argument bytes that left their pickle for the
+        # engine's own store (an engine whose carrier takes them: Ray).
+        self.recorder.shm_source = getattr(self, "arena", None)
+        self._token = uuid.uuid4().hex[:12]
+        if config.initializer is not None:
+            self._init_fn = _Fn(f"{self._token}:init", init_data, False)
+        self._log_level = _parent_log_level()
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._fn_cache: dict[int, tuple[int, Callable]] = {}
+        self._fns: dict[int, _Fn] = {}
+        self._next_fn = 0
+        self._next_batch = 0
+        self._pending: collections.deque[Batch] = collections.deque()
+        self._inflight: dict[str, Flight] = {}
+        self._suspects: set[int] = set()  # ids of pending one-task batches that must run alone
+        self._state = "running"  # running -> closing -> stopped; or terminating
+        self._reason = ""
+        self._init_feeders()
+        self._slots = max(1, config.processes)
+        self._slots_read = time.monotonic()
+        self._avg_task = 0.0
+        self._task_samples = 0
+        self._avg_batch = 0.0  # EWMA of a whole remote call's run time on the worker
+        self._batch_samples = 0
+        self.callbacks = CallbackRunner(f"sharkcage-callbacks-{config.name}")
+        self._thread = start.mark_own_thread(
+            threading.Thread(target=self._run, name=f"sharkcage-{self.engine}-{config.name}", daemon=True)
+        )
+        _live.add(self)
+        self._thread.start()
+
+    # ------------------------------------------------------------------
+    # The Backend protocol (caller threads: enqueue and return)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def register_function(self, fn: Callable, per_call: bool = False) -> int:
+        """The id of ``fn``, pickled on first use (raises SerializationError).
+
+        Plain functions are pickled once per pool; other callables per call,
+        so the cluster sees their state as of that call.
+        """
+        with self._lock:
+            hit = self._fn_cache.get(id(fn))
+            if hit is not None and hit[1] is fn:
+                return hit[0]
+            try:
+                data = serialize.dumps_callable(fn)
+            except BaseException as e:  # noqa: BLE001
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                raise serialize.serialization_error(
+                    "argument", f"the function {serialize.callable_name(fn)}", fn, e) from None
+            self._next_fn += 1
+            fn_id = self._next_fn
+            self._fns[fn_id] = _Fn(f"{self._token}:{fn_id}", data, per_call)
+            if not per_call:
+                self._fn_cache[id(fn)] = (fn_id, fn)
+            return fn_id
+
+    def submit(self, batches: list, from_feeder: bool = False) -> None:
+        """Hand batches over; feeders of calls made before close() may go on after it."""
+        with self._lock:
+            state = self._state
+        if state in ("terminating", "stopped") or self.done.is_set():
+            err = SharkcageError(f"{self._reason or 'the pool was stopped'} before this task ran")
+            for b in batches:
+                self._fail_batch(b, err)
+            return
+        if state != "running" and not (from_feeder and state == "closing"):
+            raise ValueError("Pool not running")
+        self._events.put(("submit", batches))
+
+    def _feeders_changed(self) -> None:
+        self._events.put(("wake",))
+
+    def cancel(self, job: Job, running: bool = True) -> None:
+        """Drop the job's pending tasks; with ``running``, also stop its running
+        ones where the engine can (see ``_may_stop``)."""
+        self._events.put(("cancel", job, running))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._state == "running":
+                self._state = "closing"
+        self._events.put(("wake",))
+
+    def terminate(self, reason: str = "the pool was terminated") -> None:
+        with self._lock:
+            if self._state in ("terminating", "stopped"):
+                return
+            self._state = "terminating"
+            self._reason = reason
+        self._events.put(("terminate", reason))
+
+    def join(self, timeout: float | None = None) -> bool:
+        if threading.current_thread() is self._thread:
+            return False
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def closing(self) -> bool:
+        """close() was called: feeders of earlier calls feed the rest of their input unbounded."""
+        return self._state == "closing"
+
+    def has_started(self, job: Job) -> bool:
+        """Whether a single-task job (a future) has started (any thread may ask).
+
+        A streamed batch says when each task starts; otherwise a task handed
+        to the cluster counts as started, as the stdlib's executor counts a
+        task moved to its call queue: ``Future.cancel()`` then refuses it.
+        """
+        for _ in range(3):
+            try:
+                flights = list(self._inflight.values())
+                break
+            except RuntimeError:  # the dispatcher changed the table under us
+                continue
+        else:
+            return False
+        for f in flights:
+            for k, (j, _index) in enumerate(f.batch.targets):
+                if j is job:
+                    return not f.stream or k in f.settled or f.running == k
+        return False
+
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def avg_task_seconds(self) -> float | None:
+        """Measured run time of one item on the cluster (an average), or None before any."""
+        return self._avg_task if self._task_samples else None
+
+    def dump_stacks(self, timeout: float = 2.0) -> dict:
+        """Stacks of the pool's running tasks, where the engine can tell them (see subclasses)."""
+        return {}
+
+    # ------------------------------------------------------------------
+    # The dispatcher loop
+
+    def _post(self, *event) -> None:
+        self._events.put(event)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                try:
+                    events = [self._events.get(timeout=self._next_timeout())]
+                except queue.Empty:
+                    events = []
+                began = time.perf_counter()
+                while True:  # take everything that is there: one dispatch per wake-up
+                    try:
+                        events.append(self._events.get_nowait())
+                    except queue.Empty:
+                        break
+                for ev in events:
+                    self._handle(ev)
+                self._check_deadlines()
+                with self._lock:
+                    state = self._state
+                if state in ("running", "closing"):
+                    self._dispatch()
+                self.recorder.parent_seconds += time.perf_counter() - began
+                if self._finished(state):
+                    break
+        except BaseException as e:  # noqa: BLE001 - never leave a waiter hanging
+            tb = traceback.format_exc()
+            log.critical("the %s pool's dispatcher failed; the pool is stopped:\n%s", self.engine, tb)
+            self._fail_everything(SharkcageError(f"the pool's dispatcher failed: {e!r}\n{tb}"))
+        finally:
+            self._shutdown()
+
+    def _handle(self, ev) -> None:
+        tag = ev[0]
+        if tag == "outcome":
+            self._outcome(ev[1], ev[2], ev[3])
+        elif tag == "stream":
+            self._stream_event(ev[1], ev[2])
+        elif tag == "submit":
+            with self._lock:
+                terminating = self._state == "terminating"
+            if terminating:
+                err = SharkcageError(f"{self._reason} before this task ran")
+                for b in ev[1]:
+                    self._fail_batch(b, err)
+            else:
+                self.recorder.submitted += sum(len(b) for b in ev[1])
+                self._pending.extend(ev[1])
+        elif tag == "cancel":
+            self._cancel(ev[1], ev[2])
+        elif tag == "terminate":
+            self._terminate(ev[1])
+
+    def _finished(self, state: str) -> bool:
+        if state == "terminating":
+            return True
+        if state == "closing":
+            return not self._pending and not self._inflight and not self.feeders_running()
+        return False
+
+    def _next_timeout(self) -> float | None:
+        timeout = self.config.task_timeout
+        if timeout is None:
+            return None
+        deadlines = [f.started_at + timeout for f in self._inflight.values() if f.running is not None and f.kill is None]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _check_deadlines(self) -> None:
+        timeout = self.config.task_timeout
+        if timeout is None:
+            return
+        now = time.monotonic()
+        for f in list(self._inflight.values()):
+            if f.running is not None and f.kill is None and now - f.started_at >= timeout:
+                f.kill = ("timeout", f.running)
+                self._stop_remote(f, force=True)
+
+    # ------------------------------------------------------------------
+    # Dispatch
+
+    def _limit(self) -> int:
+        if not self.config.fixed and time.monotonic() - self._slots_read > _REFRESH:
+            self._slots_read = time.monotonic()
+            try:
+                self._slots = max(1, int(self._cluster_slots()))
+            except Exception:  # noqa: BLE001 - keep the last known size
+                log.debug("could not read the %s cluster's size", self.engine, exc_info=True)
+        # A remote call takes milliseconds to come back; with short batches,
+        # two per slot would leave the workers idle most of the time.
+        short = self._batch_samples and self._avg_batch < _SHORT_BATCH
+        return self._slots * (_SHORT_DEPTH if short else _DEPTH)
+
+    def _dispatch(self) -> None:
+        if self._suspects:
+            self._dispatch_suspect()
+            return
+        limit = self._limit()
+        while self._pending and len(self._inflight) < limit:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            self._launch(batch)
+
+    def _dispatch_suspect(self) -> None:
+        """Run a crash suspect alone: once nothing else of this pool is in
+        flight, so if its worker dies again it is the culprit for certain,
+        and no innocent task queued beside it is blamed."""
+        if self._inflight:
+            return
+        for b in self._pending:
+            if id(b) in self._suspects:
+                self._pending.remove(b)
+                self._suspects.discard(id(b))
+                job, index = b.targets[0]
+                if job.start(index):
+                    self._launch(b, alone=True)
+                return
+        self._suspects.clear()  # cancelled meanwhile
+
+    def _take_batch(self) -> Batch | None:
+        pending = self._pending
+        while pending:
+            b = pending.popleft()
+            b = b.still_wanted(self._subset)
+            if b is None:
+                continue  # all cancelled while pending
+            # Coalesce single-task submits into one remote call, up to a fair
+            # share: a remote call costs far more than a local message.
+            if b.split and len(b) == 1 and pending:
+                share = max(1, min(_MAX_COALESCE, len(pending) // self._slots))
+                merged = [b]
+                while pending and len(merged) < share:
+                    nxt = pending[0]
+                    if not (nxt.split and nxt.fn_id == b.fn_id and nxt.kind == b.kind
+                            and nxt.attempts == b.attempts and len(nxt) == 1):
+                        break
+                    pending.popleft()
+                    if nxt.targets[0][0].start(nxt.targets[0][1]):
+                        merged.append(nxt)
+                if len(merged) > 1:
+                    b = Batch(b.fn_id, b.kind, [m.targets[0] for m in merged], [m.items[0] for m in merged],
+                              [m.payload[0] for m in merged], True, b.attempts)
+            return b
+        return None
+
+    def _subset(self, b: Batch, keep: list[int]) -> Batch | None:
+        """A new batch with only the items at ``keep``, one pickle per item (Batch.subset)."""
+        return b.subset(keep, serialize.dumps, lambda job, index, err: self._deliver(job, index, False, err))
+
+    def _launch(self, batch: Batch, alone: bool = False) -> None:
+        if self.stream_items and not batch.split:
+            batch = self._subset(batch, list(range(len(batch))))  # per-item pickles to stream
+            if batch is None:
+                return
+        self._next_batch += 1
+        batch.id = self._next_batch
+        key = f"sharkcage-{self._token}-{batch.id}"
+        flight = Flight(key, batch, self.stream_items, alone)
+        with self._lock:
+            fn = self._fns[batch.fn_id]
+        try:
+            init_key = init_arg = None
+            if self._init_fn is not None:
+                init_key, init_arg = self._init_fn.key, self._function_arg(self._init_fn)
+            # Few arguments (Ray serializes each on its own), the function's
+            # and initializer's among them (top-level, so the engine resolves
+            # a cluster-side copy), the payload last.
+            spec = (self._token, fn.key, init_key, batch.id, batch.kind, batch.split, self._log_level, self.carrier)
+            args = (spec, self._function_arg(fn), init_arg, oob(batch.payload, self.carrier))
+            self._inflight[key] = flight
+            flight.handle = self._launch_remote(flight, args)
+        except BaseException as e:  # noqa: BLE001 - the cluster refused it: fail this batch, not the pool
+            self._inflight.pop(key, None)
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            err = SharkcageError(f"the {self.engine} cluster did not accept the task: {e!r}")
+            err.__cause__ = e
+            self._fail_batch(batch, err)
+
+    def _function_arg(self, fn: _Fn):
+        """What the remote call receives for the function: its bytes, or the
+        engine's handle on a copy made once in the cluster (big functions)."""
+        if len(fn.data) <= _INLINE_LIMIT or fn.per_call:
+            return fn.data
+        if fn.remote is None:
+            fn.remote = self._publish(fn)
+        return fn.remote
+
+    # ------------------------------------------------------------------
+    # Outcomes
+
+    def _deliver(self, job: Job, index: int, ok: bool, value) -> None:
+        try:
+            job.deliver(index, ok, value)
+        except BaseException:  # noqa: BLE001
+            log.exception("delivering the outcome of %s failed", job.describe(index))
+
+    def _fail_batch(self, batch: Batch, exc: BaseException, items=None) -> None:
+        ks = range(len(batch)) if items is None else items
+        self.recorder.failed_without_running(len(ks))
+        targets = batch.targets
+        for k in ks:
+            job, index = targets[k]
+            self._deliver(job, index, False, exc)
+
+    def _handle_records(self, records) -> None:
+        for data in records or ():
+            try:
+                record = logging.makeLogRecord(pickle.loads(data))
+                logger = logging.getLogger(record.name)
+                if logger.isEnabledFor(record.levelno):
+                    logger.handle(record)
+            except BaseException:  # noqa: BLE001 - a broken handler must not stop the pool
+                log.debug("could not handle a worker's log record", exc_info=True)
+
+    def _account(self, f: Flight, reply, meta, item: int | None = None) -> None:
+        """Stats and the measured task time (adaptive chunks) for a finished
+        call (or, streamed, one ``item`` of it). Never raises: statistics
+        must not cost a result."""
+        try:
+            host, pid, seconds, rss = meta
+            f.slot = self.recorder.worker(host, pid)
+            f.pid = pid
+            self.recorder.remote_rss(f.slot, rss)
+            what = f.batch if item is None else Batch(f.batch.fn_id, f.batch.kind, [f.batch.targets[item]], [None],
+                                                       None, True)
+            n = len(what)
+            tag = reply[0]
+            failed = 0 if tag == "done" else sum(1 for status, _ in reply[2] if status) if tag == "mixed" else n
+            self.recorder.batch_done(f.slot, pid, what, n, failed, seconds, time.monotonic())
+            per_item = seconds / max(1, n)
+            self._avg_task = per_item if not self._task_samples else 0.8 * self._avg_task + 0.2 * per_item
+            self._task_samples += 1
+            if item is None:
+                self._avg_batch = seconds if not self._batch_samples else 0.8 * self._avg_batch + 0.2 * seconds
+                self._batch_samples += 1
+        except Exception:  # noqa: BLE001
+            log.debug("recording a finished batch failed", exc_info=True)
+
+    def _record_end(self, f: Flight, label: str, start: float, outcome: str, detail: str) -> None:
+        try:
+            self.recorder.task_ended(f.slot, f.pid, label, start, outcome, detail)
+        except Exception:  # noqa: BLE001 - statistics must not cost a result
+            log.debug("recording a task's end failed", exc_info=True)
+
+    def _stream_event(self, key: str, value) -> None:
+        f = self._inflight.get(key)
+        if f is None:
+            return
+        if value[0] == "start":
+            f.running = value[1]
+            f.started_at = time.monotonic()  # when the parent hears of it: never early
+            f.slot = self.recorder.worker(*value[2])
+            f.pid = value[2][1]
+        elif value[0] == "item":
+            _tag, i, reply, records, meta = value
+            reply = reply_views(reply)
+            f.running = None
+            f.settled.add(i)
+            self._handle_records(records)
+            self._account(f, reply, meta, i)
+            if reply[0] == "bad_chunk":  # cannot happen for a single split item; settle it anyway
+                self._fail_batch(f.batch, SharkcageError(f"the worker could not read the task: {reply[2]}"), [i])
+            else:
+                replies.settle(reply[0], reply[2], [f.batch.targets[i]], self._deliver, loads=serialize.loads_data)
+        elif value[0] == "all":
+            _tag, reply, records, meta = value
+            reply = reply_views(reply)
+            f.settled.update(range(len(f.batch)))
+            self._account(f, reply, meta)
+            replies.settle_batch(reply[0], reply[2], f.batch, self._deliver, loads=serialize.loads_data)
+
+    def _outcome(self, key: str, kind: str, value) -> None:
+        f = self._inflight.pop(key, None)
+        if f is None:
+            return  # stopped and settled already (terminate)
+        batch = f.batch
+        left = [k for k in range(len(batch)) if k not in f.settled]
+        if kind == "reply":
+            reply, records, meta = value
+            reply = reply_views(reply)
+            self._handle_records(records)  # before the results, as on local workers
+            if reply[0] == "bad_chunk":
+                # The chunk as a whole failed to unpickle on the worker: re-send
+                # it item by item so the failure lands on the right task(s).
+                sub = self._subset(batch, list(range(len(batch))))
+                if sub is not None:
+                    self._pending.appendleft(sub)
+            else:
+                self._account(f, reply, meta)
+                replies.settle_batch(reply[0], reply[2], batch, self._deliver, loads=serialize.loads_data)
+        elif kind == "end":
+            if left:
+                self._fail_batch(batch, SharkcageError("the cluster ended the task without its result"), left)
+        elif kind == "cancelled" and f.kill is not None:
+            self._stopped(f, left)
+        elif kind == "crashed":
+            self._crashed(f, left, *value)
+        elif f.deps is not None and batch.attempts <= self.config.retries:
+            # Its data went with a worker before the call ran (a scattered
+            # payload has no lineage to rebuild it from): send it again.
+            self._requeue(batch, left, batch.attempts + 1)
+        elif kind == "cancelled":
+            err = SharkcageError(f"the {self.engine} cluster cancelled this task ({value!r}); "
+                                 "was the cluster restarted or the connection lost?")
+            self._fail_batch(batch, err, left)
+        else:
+            what = batch.targets[0][0].describe(batch.targets[0][1])
+            err = SharkcageError(f"the {self.engine} cluster could not run {what}: {value!r}. Is the same "
+                                 "sharkcage version installed on the cluster's workers?")
+            err.__cause__ = value if isinstance(value, BaseException) else None
+            self._fail_batch(batch, err, left)
+        self._forget_function(batch.fn_id)
+
+    def _requeue(self, batch: Batch, items: list[int], attempts: int | None = None, suspect: bool = False) -> None:
+        if not items:
+            return
+        sub = self._subset(batch, items)
+        if sub is not None:
+            if attempts is not None:
+                sub.attempts = attempts
+            self._pending.appendleft(sub)
+            if suspect:
+                self._suspects.add(id(sub))
+
+    def _stopped(self, f: Flight, left: list[int]) -> None:
+        """We stopped the remote call: settle the item it was stopped for, rerun the others."""
+        reason = f.kill
+        batch = f.batch
+        if reason[0] == "terminate":
+            return  # terminate() already failed everything outstanding
+        if reason[0] == "timeout":
+            item = reason[1]
+            if item in left:
+                job, index = batch.targets[item]
+                err = TaskTimeoutError(self.config.task_timeout, task=job.describe(index), pid=f.pid)
+                self._record_end(f, job.describe(index), f.started_at, "timeout", str(err))
+                self._deliver(job, index, False, err)
+            self._requeue(batch, [k for k in left if k != item])
+            return
+        job = reason[1]
+        mine = [k for k in left if batch.targets[k][0] is job]
+        for k in mine:
+            j, index = batch.targets[k]
+            self._deliver(j, index, False, concurrent.futures.CancelledError(f"{j.describe(index)} was cancelled"))
+        self._requeue(batch, [k for k in left if k not in mine])
+
+    def _crashed(self, f: Flight, left: list[int], pid, exitcode, cause) -> None:
+        """The worker running the batch died. Only the task that was running
+        fails; when the engine cannot tell which one it was, the unfinished
+        items rerun one by one, so the culprit is found and the others finish."""
+        batch = f.batch
+        self.recorder.crashed()
+        if f.stream and f.running is not None:
+            culprit = f.running
+        else:
+            culprit = left[0] if len(left) == 1 else None
+        if culprit is None or culprit not in left:
+            for k in reversed(left):
+                self._requeue(batch, [k])
+            return
+        if not self.exact_crashes and not f.alone:
+            # It may only have been queued on the dead worker: rerun it alone
+            # before blaming it.
+            self._requeue(batch, [culprit], suspect=True)
+            return
+        self._requeue(batch, [k for k in left if k != culprit])
+        if batch.attempts < self.config.retries:
+            self._requeue(batch, [culprit], batch.attempts + 1, suspect=not self.exact_crashes)
+            return
+        job, index = batch.targets[culprit]
+        err = WorkerCrashedError(pid if pid is not None else f.pid, exitcode, task=job.describe(index), cause=cause,
+                                 attempts=batch.attempts + 1)
+        self._record_end(f, job.describe(index), f.started_at if f.stream else f.sent_at, "crash", str(err))
+        self._deliver(job, index, False, err)
+
+    def _forget_function(self, fn_id: int) -> None:
+        """Drop a per-call callable once nothing can use it any more."""
+        with self._lock:
+            fn = self._fns.get(fn_id)
+            if fn is None or not fn.per_call or self.feeders_running():
+                return
+        if any(b.fn_id == fn_id for b in self._pending) or any(f.batch.fn_id == fn_id for f in self._inflight.values()):
+            return
+        with self._lock:
+            self._fns.pop(fn_id, None)
+
+    # ------------------------------------------------------------------
+    # Cancel, terminate, shutdown
+
+    def _cancel(self, job: Job, running: bool) -> None:
+        if any(j is job for b in self._pending for j, _ in ([(b.job, None)] if b.job is not None else b.targets)):
+            kept: collections.deque = collections.deque()
+            for b in self._pending:
+                if b.job is not None:
+                    if b.job is not job:
+                        kept.append(b)
+                    continue
+                keep = [k for k, (j, _) in enumerate(b.targets) if j is not job]
+                if len(keep) == len(b.targets):
+                    kept.append(b)
+                elif keep:
+                    sub = self._subset(b, keep)
+                    if sub is not None:
+                        kept.append(sub)
+            self._pending = kept
+            self._suspects &= {id(b) for b in kept}  # a dropped batch's id may be reused
+        for f in list(self._inflight.values()):
+            if f.kill is not None or not self._holds(f.batch, job):
+                continue
+            if self._may_stop(f, job, running):
+                f.kill = ("cancel", job)
+                self._stop_remote(f, force=running)
+
+    @staticmethod
+    def _holds(batch: Batch, job: Job) -> bool:
+        if batch.job is not None:
+            return batch.job is job
+        return any(j is job for j, _ in batch.targets)
+
+    @staticmethod
+    def _only(batch: Batch, job: Job) -> bool:
+        if batch.job is not None:
+            return batch.job is job
+        return all(j is job for j, _ in batch.targets)
+
+    def _may_stop(self, f: Flight, job: Job, running: bool) -> bool:
+        """Whether stopping ``f``'s remote call is right for cancelling ``job``.
+
+        Without per-item notices we cannot tell a queued call from a running
+        one, and stopping a running one kills (Ray) or interrupts it: a
+        pending-only cancel leaves it alone (its results are dropped on
+        arrival). Subclasses refine this with what their engine can do.
+        """
+        if f.stream:
+            # We know what runs: a pending-only cancel must not touch a started batch.
+            return running or (f.running is None and not f.settled and self._only(f.batch, job))
+        return running
+
+    def _terminate(self, reason: str) -> None:
+        self._fail_everything(SharkcageError(f"{reason} before this task finished"))
+
+    def _fail_everything(self, exc: BaseException) -> None:
+        pending, self._pending = self._pending, collections.deque()
+        self._suspects.clear()
+        for b in pending:
+            self._fail_batch(b, exc)
+        flights = list(self._inflight.values())
+        self._inflight.clear()
+        for f in flights:
+            self._fail_batch(f.batch, exc, [k for k in range(len(f.batch)) if k not in f.settled])
+            f.kill = ("terminate",)
+            try:
+                self._stop_remote(f, force=True)
+            except Exception:  # noqa: BLE001
+                log.debug("could not stop a remote call", exc_info=True)
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            if self._state != "terminating":
+                self._state = "stopped"
+            fns = list(self._fns.values())
+        try:
+            self._disconnect(fns + ([self._init_fn] if self._init_fn else []))
+        except BaseException:  # noqa: BLE001
+            log.warning("closing the %s connection failed", self.engine, exc_info=True)
+        self.callbacks.stop()
+        self.done.set()
+        _live.discard(self)
+
+    # ------------------------------------------------------------------
+    # Engine hooks
+
+    def _launch_remote(self, flight: Flight, args: tuple):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _stop_remote(self, flight: Flight, force: bool) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _publish(self, fn: _Fn):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _cluster_slots(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _disconnect(self, fns: list) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@atexit.register
+def _terminate_all() -> None:
+    """At interpreter exit, stop every cluster pool still running, while the
+    engine's connection is still up (their own exit handlers close it)."""
+    backends = [b for b in list(_live) if not b.done.is_set()]
+    for b in backends:
+        b.terminate("the interpreter is exiting")
+    for b in backends:
+        b.join(2.0)
