@@ -69,6 +69,9 @@ def single(job, fn_id: int, kind: int, item, arena=None, inline: bool = False) -
     """
     threshold = arena.threshold if arena is not None else serialize.INLINE_LIMIT
     if inline and kind == CALL and serialize.plainly_small(item, threshold):
+        # One tuple for items and payload, one shared index tuple: fewer
+        # objects for the collector to track per call (a burst of 10k
+        # apply_async keeps them all alive).
         one = (item,)
         return Batch(fn_id, kind, None, one, one, True, job=job, indices=_FIRST)
     try:
@@ -80,9 +83,8 @@ def single(job, fn_id: int, kind: int, item, arena=None, inline: bool = False) -
         if isinstance(e, (KeyboardInterrupt, serialize.SerializationError)):
             raise
         raise serialize.serialization_error("argument", job.describe(0), item, e) from None
-    # Tuples, and one shared index tuple: fewer objects for the collector
-    # to track per apply_async (a burst of 10k calls keeps them all alive).
-    return Batch(fn_id, kind, None, (item,), (payload,), True, job=job, indices=_FIRST)
+    # A list of per-item pickles, as every engine expects a split payload.
+    return Batch(fn_id, kind, None, [item], [payload], True, job=job, indices=_FIRST)
 
 
 def chunks(items: list, chunksize: int):

@@ -600,6 +600,7 @@ class ClusterBackend(FeederRegistry):
 
     engine = "cluster"
     stream_items = False  # run batches through remote_run_stream (per-item starts)
+    inline_items = False  # payloads stay pickles: the engine moves them and sizes them
     # Whether a crash report names only the task that was running (Ray: a
     # worker holds one task at a time) or may name tasks merely queued on the
     # dead worker too (Dask: every task "processing" there is suspected).
@@ -729,6 +730,10 @@ class ClusterBackend(FeederRegistry):
     def closing(self) -> bool:
         """close() was called: feeders of earlier calls feed the rest of their input unbounded."""
         return self._state == "closing"
+
+    def await_direct(self, job: Job, is_done, timeout) -> None:
+        """Nothing to read here: no task goes from a caller's thread straight to a
+        worker on a cluster (the local engine's direct path), so waiters just wait."""
 
     def has_started(self, job: Job) -> bool:
         """Whether a single-task job (a future) has started (any thread may ask).
