@@ -6,15 +6,16 @@ Measures, on this machine, in one run:
 
 * the floor: a raw ``socketpair`` ping-pong between two processes (the
   smallest message there and back), and ``pickle`` of a tiny task and result;
-* sharkcage's sequential submit-then-wait round trip (``pool.apply``);
+* sharkcage's sequential submit-then-wait round trip
+  (``pool.apply_async(...).get()``), which on an idle pool takes the direct
+  path: the caller's thread sends the task and reads the reply itself;
 * each piece of sharkcage's own work for one task, timed in isolation in
-  this process: the caller's side (result object, argument pickle, batch),
-  the supervisor's (frame encode, reply decode, delivery), the worker's
-  (``run_batch`` of one item: unpickle, call, result pickle).
+  this process: the caller's side (result object, batch, frame encode,
+  reply decode, delivery, borrowing the worker's channel) and the worker's
+  (``run_batch`` of one item: call, result pickle).
 
-What the pieces do not add up to is the hand-offs: a wake-up of the
-supervisor thread, a ``select()`` return in the worker and in the parent, and
-the caller's wake-up — the cost of never blocking on a single thread.
+What the pieces do not add up to is the hand-offs: the worker's wake-up and
+the caller's, with their socket and poll syscalls.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import select
 import socket
 import statistics
 import sys
@@ -79,38 +81,39 @@ def main() -> int:
 
     floor = socket_ping_pong(n)
     item = ((41,), {})
-    pickled_item = pickle.dumps(item, 5)
     pickle_us = per_call(lambda: pickle.loads(pickle.dumps(item, 5)), n) + per_call(
         lambda: pickle.loads(pickle.dumps([42], 5)), n)
 
     from sharkcage import Pool
-    from sharkcage._engine import batching, replies, serialize
+    from sharkcage._engine import batching, replies
     from sharkcage._engine.channel import encode
     from sharkcage._engine.worker import CALL, run_batch
     from sharkcage.results import AsyncResult
 
     with Pool(1) as pool:
-        pool.apply(inc, (1,))
-        for _ in range(200):
+        for _ in range(300):
             pool.apply(inc, (1,))
+        backend = pool._backend
+        direct = 0
         t = time.perf_counter()
         for i in range(n):
-            pool.apply(inc, (i,))
+            r = pool.apply_async(inc, (i,))
+            direct += r.direct is not None
+            r.get()
         round_trip = (time.perf_counter() - t) / n * 1e6
 
-        backend = pool._backend
         arena = backend.arena
         fn_id = backend.register_function(inc)
 
         def caller_side():
             job = AsyncResult(backend, "apply(inc)")
-            return batching.single(job, fn_id, CALL, item, arena)
+            return batching.single(job, fn_id, CALL, item, arena, inline=True)
 
         batch = caller_side()
         caller_us = per_call(caller_side, n)
         encode_us = per_call(lambda: encode(("run", 1, fn_id, CALL, batch.payload, True)), n)
-        reply = run_batch(1, inc, CALL, [pickled_item], True, timed=False)
-        worker_us = per_call(lambda: run_batch(1, inc, CALL, [pickled_item], True, timed=False), n)
+        reply = run_batch(1, inc, CALL, [item], True, timed=False)
+        worker_us = per_call(lambda: run_batch(1, inc, CALL, [item], True, timed=False), n)
         reply_frame = encode(reply)
         decode_us = per_call(lambda: pickle.loads(reply_frame[8:]), n)
 
@@ -120,25 +123,38 @@ def main() -> int:
                            backend._load_result)
 
         settle_us = per_call(settle, n) - per_call(lambda: AsyncResult(backend, "apply(inc)"), n)
+        w = next(iter(backend.workers.values()))
+
+        def lease():
+            backend.selector.mute(w.end.fd)
+            p = select.poll()
+            p.register(w.end.fd, select.POLLIN)
+            p.register(w.sentinel, select.POLLIN)
+            backend.selector.unmute(w.end.fd)
+
+        with backend._lock:  # the loop must not run meanwhile
+            lease_us = per_call(lease, n)
 
     pieces = {
-        "caller: result object + argument pickle + batch": caller_us,
-        "supervisor: encode the run frame": encode_us,
-        "worker: run_batch of one item (unpickle, call, pickle)": worker_us,
-        "supervisor: decode the reply frame": decode_us,
-        "supervisor: settle the outcome (unpickle result, deliver)": settle_us,
+        "caller: result object + batch (plain arguments stay inline)": caller_us,
+        "caller: encode the run frame": encode_us,
+        "worker: run_batch of one item (call, pickle the result)": worker_us,
+        "caller: decode the reply frame": decode_us,
+        "caller: settle the outcome (unpickle result, deliver)": settle_us,
+        "caller: borrow the worker's channel (mute, poll set-up, unmute)": lease_us,
     }
     accounted = sum(pieces.values())
     print(f"# hot path of one tiny task (Python {sys.version.split()[0]}, {os.cpu_count()} cores)\n")
     print("| piece | µs |")
     print("|---|---:|")
-    print(f"| **sharkcage round trip** (`pool.apply(inc, (i,))`, sequential) | **{round_trip:.1f}** |")
+    print(f"| **sharkcage round trip** (`pool.apply_async(inc, (i,)).get()`, sequential) | **{round_trip:.1f}** |")
     for name, us in pieces.items():
         print(f"| {name} | {us:.1f} |")
-    print(f"| hand-offs: thread wake-ups, two `select()` returns, socket syscalls (the rest) | {round_trip - accounted:.1f} |")
+    print(f"| hand-offs: two process wake-ups, socket and poll syscalls (the rest) | {round_trip - accounted:.1f} |")
     print(f"| floor: raw socketpair ping-pong between two processes | {floor:.1f} |")
     print(f"| floor: pickle dumps+loads of the task and of the result | {pickle_us:.1f} |")
-    print(f"\nround trip / raw ping-pong = {round_trip / floor:.2f}x")
+    print(f"\nround trip / raw ping-pong = {round_trip / floor:.2f}x; "
+          f"{direct} of {n} calls took the direct path")
     return 0
 
 
