@@ -242,3 +242,29 @@ def test_a_crash_in_a_batch_of_inline_calls_fails_only_its_own_task():
             except WorkerCrashedError:
                 outcomes.append("crashed")
         assert outcomes == ["crashed" if i == 50 else i * i for i in range(200)]
+
+
+def test_a_done_callback_that_submits_never_waits_for_the_lock_its_thread_holds(monkeypatch):
+    # Future done-callbacks run where the outcome is delivered: in the loop's
+    # thread or in a lease holder's, both holding the loop's lock. A submit
+    # from there must not wait for that lock (here it would wait 10 s a link).
+    from sharkcage._engine import supervisor
+
+    monkeypatch.setattr(supervisor, "_LEASE_LOCK_WAIT", 10.0)
+    with ProcessPoolExecutor(1) as ex:
+        ex.submit(helpers.square, 1).result(10)
+        done = threading.Event()
+        seen = []
+
+        def chain(f):
+            seen.append(f.result())
+            if len(seen) < 5:
+                ex.submit(helpers.square, len(seen) + 1).add_done_callback(chain)
+            else:
+                done.set()
+
+        t0 = time.monotonic()
+        ex.submit(helpers.square, 1).add_done_callback(chain)
+        assert done.wait(30), f"the chain stalled after {seen}"
+        assert seen == [1, 4, 9, 16, 25]
+        assert time.monotonic() - t0 < 9, "a link waited for the lock its own thread held"

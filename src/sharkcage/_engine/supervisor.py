@@ -270,6 +270,10 @@ class Supervisor(FeederRegistry):
         self._wake_flag = False
         # Held by the loop between two select() calls; the direct path takes it too.
         self._lock = threading.Lock()
+        # The thread that holds _lock while outcomes are delivered: a future's
+        # done-callback runs there, and a submit() it makes must not wait
+        # for a lock its own thread holds.
+        self._holder = None
         self._stopped = False
         self._fn_lock = threading.Lock()
         self._fn_cache: dict[int, tuple[int, Any, bytes]] = {}
@@ -395,7 +399,7 @@ class Supervisor(FeederRegistry):
         if job is None or len(batch) != 1 or self.inflight or self._commands or self.pending:
             return False
         # A loop turn is a few µs; one that starts a worker is not waited for.
-        if not self._lock.acquire(True, _LEASE_LOCK_WAIT):
+        if self._holder == threading.get_ident() or not self._lock.acquire(True, _LEASE_LOCK_WAIT):
             return False
         try:
             if (self.state != "running" or self.broken is not None or self.inflight or self._commands
@@ -429,7 +433,7 @@ class Supervisor(FeederRegistry):
         if w is None:
             return
         job.direct = None
-        if not self._lock.acquire(True, _LEASE_LOCK_WAIT):
+        if self._holder == threading.get_ident() or not self._lock.acquire(True, _LEASE_LOCK_WAIT):
             return
         try:
             if (is_done() or self._stopped or w.lease is not None or w.state == "dead"
@@ -463,7 +467,11 @@ class Supervisor(FeederRegistry):
                 with self._lock:
                     if w.lease is not token:
                         return  # taken back by the loop (the worker died, or a write waits)
-                    self._read_worker(w)
+                    self._holder = threading.get_ident()
+                    try:
+                        self._read_worker(w)
+                    finally:
+                        self._holder = None
                     if w.eof_deadline is not None or w.state == "dead":
                         break
         finally:
@@ -570,7 +578,11 @@ class Supervisor(FeederRegistry):
             timeout = 0 if self._to_start else self._next_timeout()
         events = self.selector.select(timeout)
         with self._lock:
-            return self._turn(events)
+            self._holder = threading.get_ident()
+            try:
+                return self._turn(events)
+            finally:
+                self._holder = None
 
     def _turn(self, events) -> bool:
         began = time.perf_counter()
