@@ -974,6 +974,8 @@ class Supervisor(FeederRegistry):
         except ValueError:
             pass
         w.ever_ran = True
+        if batch.job is not None:
+            batch.job.direct = None  # answered: a result kept for long must not keep the worker record
         return batch
 
     def _load_result(self, data):
