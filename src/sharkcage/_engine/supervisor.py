@@ -398,6 +398,11 @@ class Supervisor(FeederRegistry):
         # reads here are hints; they are checked again under the lock.)
         if job is None or len(batch) != 1 or self.inflight or self._commands or self.pending:
             return False
+        # No worker ready yet (a new pool): the loop's path, without waiting
+        # for the lock while the loop starts workers. (list() of a dict is
+        # atomic under the GIL.)
+        if not any(w.state == "ready" for w in list(self.workers.values())):
+            return False
         # A loop turn is a few µs; one that starts a worker is not waited for.
         if self._holder == threading.get_ident() or not self._lock.acquire(True, _LEASE_LOCK_WAIT):
             return False
