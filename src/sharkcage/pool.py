@@ -33,19 +33,8 @@ def _fn_name(func) -> str:
     return serialize.callable_name(func)
 
 
-_names: dict = {}
-
-
 def _apply_name(func) -> str:
-    # Cached: a task's name is built per call on the hot path of apply_async.
-    key = id(func)
-    hit = _names.get(key)
-    if hit is not None and hit[0] is func:
-        return hit[1]
-    name = f"apply({_fn_name(func)})"
-    if len(_names) < 4096:
-        _names[key] = (func, name)
-    return name
+    return f"apply({_fn_name(func)})"  # built once per plain function (Pool._apply_fns)
 
 
 def _per_call(func) -> bool:
@@ -135,9 +124,6 @@ class Pool:
         self._finalizer = weakref.finalize(self, _finalize_backend, self._backend)
 
     # ------------------------------------------------------------------
-    def _backend_arena(self):
-        return getattr(self._backend, "arena", None)
-
     def _check_running(self) -> None:
         if self._state != _RUN:
             raise ValueError("Pool not running")
@@ -231,11 +217,11 @@ class Pool:
         # The first chunk goes out as soon as it is pickled, so the workers
         # start while the rest is pickled (as the stdlib's task thread does).
         # Should a later chunk fail to pickle, what was sent is cancelled.
-        arena = self._backend_arena()
         batches, sent = [], False
         try:
             for first, chunk in batching.chunks(items, size):
-                batch, _ = batching.pickle_chunk(chunk, job, first, fn_id, kind, raise_errors=True, arena=arena)
+                batch, _ = batching.pickle_chunk(chunk, job, first, fn_id, kind, raise_errors=True,
+                                                 arena=self._arena)
                 batches.append(batch)
                 if not sent:
                     self._backend.submit(batches)

@@ -67,15 +67,16 @@ def single(job, fn_id: int, kind: int, item, arena=None, inline: bool = False) -
     is and pickled with the message that carries it to a worker, one
     pickle for a whole batch of such calls instead of one per call.
     """
-    threshold = arena.threshold if arena is not None else serialize.INLINE_LIMIT
-    if inline and kind == CALL and serialize.plainly_small(item, threshold):
+    # Without an arena there is no shared memory to choose: a plain pickle.
+    small = arena is None or serialize.plainly_small(item, arena.threshold)
+    if inline and small and arena is not None and kind == CALL:
         # One tuple for items and payload, one shared index tuple: fewer
         # objects for the collector to track per call (a burst of 10k
         # apply_async keeps them all alive).
         one = (item,)
         return Batch(fn_id, kind, None, one, one, True, job=job, indices=_FIRST)
     try:
-        if arena is None or serialize.plainly_small(item, arena.threshold):
+        if small:
             payload = serialize.dumps(item)  # no task description needed: nothing can go wrong here
         else:
             payload = serialize.dumps_data(item, arena, owned=True, task=job.describe(0), direction="argument")

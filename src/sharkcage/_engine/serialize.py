@@ -62,7 +62,6 @@ loads = pickle.loads
 # (see shm.py); everything else is the plain pickle of dumps().
 
 
-INLINE_LIMIT = 1 << 20  # plainly_small's threshold where no shared memory is involved
 _SCALARS = frozenset({int, float, bool, type(None), complex})
 _CONTAINERS = frozenset({tuple, list, dict})
 
@@ -233,6 +232,21 @@ class BufferArena:
 def dumps_callable(fn: Any) -> bytes:
     """Pickle a callable by value where it cannot be found by reference."""
     return cloudpickle.dumps(fn, PROTOCOL)
+
+
+def dumps_task_function(fn: Any) -> bytes:
+    """A task's function pickled for the workers (every engine's
+    ``register_function``); :class:`SerializationError` naming it if it cannot be.
+
+    >>> len(dumps_task_function(abs)) > 0
+    True
+    """
+    try:
+        return dumps_callable(fn)
+    except BaseException as e:  # noqa: BLE001
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        raise serialization_error("argument", f"the function {callable_name(fn)}", fn, e) from None
 
 
 def callable_name(fn: Any) -> str:

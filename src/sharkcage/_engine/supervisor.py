@@ -28,8 +28,8 @@ Public methods enqueue commands and wake the loop. The one exception is the
 direct path, which exists because on two cores every thread hand-off costs
 tens of µs: a single task submitted while the pool is idle is sent by the
 caller's own thread straight to an idle worker, and a caller that then waits
-for it borrows ("leases") that worker's channel and sentinel from the
-selector and reads the reply itself. Both happen under ``_lock``, which the
+for it borrows ("leases") that worker's channel from the poller and reads
+the reply itself; the loop keeps watching the worker's sentinel. Both happen under ``_lock``, which the
 loop holds for everything between two ``select()`` calls, and both run the
 loop's own code (``_send_batch``, ``_read_worker``), so every outcome is
 settled exactly as the loop would. A lease ends when the task's outcome is
@@ -356,14 +356,7 @@ class Supervisor(FeederRegistry):
             hit = self._fn_cache.get(key)
             if hit is not None and hit[1] is fn:
                 return hit[0]
-            try:
-                data = serialize.dumps_callable(fn)
-            except BaseException as e:  # noqa: BLE001
-                if isinstance(e, KeyboardInterrupt):
-                    raise
-                raise serialize.serialization_error(
-                    "argument", f"the function {serialize.callable_name(fn)}", fn, e
-                ) from None
+            data = serialize.dumps_task_function(fn)
             self._next_fn += 1
             fn_id = self._next_fn
             self._fn_bytes[fn_id] = data
@@ -392,11 +385,12 @@ class Supervisor(FeederRegistry):
         """Send a one-task batch from the caller's thread to an idle worker;
         False (nothing done) unless the pool is idle and the loop not busy."""
         job = batch.job
-        # Only when nothing at all is in flight: a task sent alone is the
-        # quickest round trip, but a burst of submits goes faster through the
-        # loop, which merges them into one message per worker. (Unlocked
-        # reads here are hints; they are checked again under the lock.)
-        if job is None or len(batch) != 1 or self.inflight or self._commands or self.pending:
+        # Only when nothing at all is in flight (submit() checked inflight):
+        # a task sent alone is the quickest round trip, but a burst of
+        # submits goes faster through the loop, which merges them into one
+        # message per worker. (Unlocked reads here are hints; they are
+        # checked again under the lock.)
+        if job is None or len(batch) != 1 or self._commands or self.pending:
             return False
         # No worker ready yet (a new pool): the loop's path, without waiting
         # for the lock while the loop starts workers. (list() of a dict is

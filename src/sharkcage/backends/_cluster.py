@@ -58,6 +58,7 @@ from sharkcage._engine.jobs import CallbackRunner, Job
 from sharkcage._engine.recorder import Recorder
 from sharkcage._engine.feeders import FeederRegistry
 from sharkcage._engine.supervisor import Batch, _parent_log_level
+from sharkcage.backends.base import check_common
 from sharkcage.errors import (
     SharkcageError,
     TaskTimeoutError,
@@ -130,17 +131,7 @@ def check_options(engine: str, *, processes=None, initializer=None, initargs=(),
     nothing forks the caller's process on a cluster.
     """
     global _counter
-    if processes is not None and (isinstance(processes, bool) or not isinstance(processes, numbers.Integral)
-                                  or processes < 1):
-        raise ValueError(f"Number of processes must be at least 1, not {processes!r}")
-    if initializer is not None and not callable(initializer):
-        raise TypeError("initializer must be a callable")
-    if isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0:
-        raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
-    try:
-        initargs = tuple(initargs)
-    except TypeError:
-        raise TypeError(f"initargs must be a tuple of arguments, not {initargs!r}") from None
+    initargs = check_common(processes, initializer, retries, initargs)
     refused = [
         ("finalizer", finalizer, "cluster workers outlive the pool, so there is no orderly exit to run it at; "
                                  "release resources at the end of each task instead"),
@@ -671,13 +662,7 @@ class ClusterBackend(FeederRegistry):
             hit = self._fn_cache.get(id(fn))
             if hit is not None and hit[1] is fn:
                 return hit[0]
-            try:
-                data = serialize.dumps_callable(fn)
-            except BaseException as e:  # noqa: BLE001
-                if isinstance(e, KeyboardInterrupt):
-                    raise
-                raise serialize.serialization_error(
-                    "argument", f"the function {serialize.callable_name(fn)}", fn, e) from None
+            data = serialize.dumps_task_function(fn)
             self._next_fn += 1
             fn_id = self._next_fn
             self._fns[fn_id] = _Fn(f"{self._token}:{fn_id}", data, per_call)

@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
+import numbers
 import threading
 from typing import Callable, Protocol
+
+
+def check_common(processes, initializer, retries, initargs) -> tuple:
+    """The options every backend checks alike; ``initargs`` as a tuple.
+    ``processes=None`` (the engine's default) passes.
+
+    >>> check_common(2, None, 0, [1])
+    (1,)
+    """
+    if processes is not None and (isinstance(processes, bool) or not isinstance(processes, numbers.Integral)
+                                  or processes < 1):
+        raise ValueError(f"Number of processes must be at least 1, not {processes!r}")
+    if initializer is not None and not callable(initializer):
+        raise TypeError("initializer must be a callable")
+    if isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0:
+        raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
+    try:
+        return tuple(initargs)
+    except TypeError:
+        raise TypeError(f"initargs must be a tuple of arguments, not {initargs!r}") from None
 
 
 class Backend(Protocol):

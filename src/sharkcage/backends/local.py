@@ -10,6 +10,7 @@ import weakref
 
 from sharkcage._engine import start
 from sharkcage._engine.supervisor import PoolConfig, Supervisor
+from sharkcage.backends.base import check_common
 
 _live: "weakref.WeakSet[Supervisor]" = weakref.WeakSet()
 _counter = 0
@@ -58,18 +59,9 @@ def make_local_backend(
     global _counter
     if processes is None:
         processes = os.cpu_count() or 1
-    if isinstance(processes, bool) or not isinstance(processes, numbers.Integral) or processes < 1:
-        raise ValueError(f"Number of processes must be at least 1, not {processes!r}")
-    if initializer is not None and not callable(initializer):
-        raise TypeError("initializer must be a callable")
+    initargs = check_common(processes, initializer, retries, initargs)
     if finalizer is not None and not callable(finalizer):
         raise TypeError("finalizer must be a callable")
-    if isinstance(retries, bool) or not isinstance(retries, numbers.Integral) or retries < 0:
-        raise ValueError(f"retries must be an integer >= 0, not {retries!r}")
-    try:
-        initargs = tuple(initargs)
-    except TypeError:
-        raise TypeError(f"initargs must be a tuple of arguments, not {initargs!r}") from None
     context, method = start.resolve_context(start_method, context)
     with _counter_lock:
         _counter += 1
