@@ -67,6 +67,7 @@ from sharkcage._engine.worker import (
     SLOT_SIZE,
     SLOT_START,
     Slot,
+    handle_record_bytes,
 )
 from sharkcage.errors import (
     SharkcageError,
@@ -935,7 +936,7 @@ class Supervisor(FeederRegistry):
                 self.recorder.batch_done(w.slot_id, w.pid, batch, len(batch), failed, elapsed, now)
                 replies.settle_batch(tag, msg[2], batch, self._deliver, self._load_result)
         elif tag == "log":
-            self._handle_log(msg[1])
+            handle_record_bytes(msg[1])
         elif tag == "ready":
             if w.state == "starting":
                 w.state = "ready"
@@ -980,15 +981,6 @@ class Supervisor(FeederRegistry):
     def _load_result(self, data):
         # consume=True: this process owns the result's segments from now on
         return serialize.loads_data(data, self.arena, consume=True)
-
-    def _handle_log(self, data: bytes) -> None:
-        try:
-            record = logging.makeLogRecord(pickle.loads(data))
-            logger = logging.getLogger(record.name)
-            if logger.isEnabledFor(record.levelno):
-                logger.handle(record)
-        except BaseException:  # noqa: BLE001 - a broken handler must not stop the pool
-            log.debug("could not handle a worker's log record", exc_info=True)
 
     # ------------------------------------------------------------------
     # Delivering outcomes

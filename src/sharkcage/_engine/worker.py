@@ -181,6 +181,19 @@ def record_bytes(record: logging.LogRecord) -> bytes:
         return pickle.dumps(d, 5)
 
 
+def handle_record_bytes(data: bytes) -> None:
+    """The parent's half of :func:`record_bytes`: the record goes to the
+    parent's handlers for its logger; a broken handler never raises here
+    (it must not stop the pool)."""
+    try:
+        record = logging.makeLogRecord(pickle.loads(data))
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
+    except BaseException:  # noqa: BLE001
+        logging.getLogger("sharkcage").debug("could not handle a worker's log record", exc_info=True)
+
+
 def _set_pdeathsig() -> None:
     """Ask Linux to SIGKILL us when our parent dies (belt to the watchdog's braces)."""
     if not sys.platform.startswith("linux"):

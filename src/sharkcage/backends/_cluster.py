@@ -965,13 +965,7 @@ class ClusterBackend(FeederRegistry):
 
     def _handle_records(self, records) -> None:
         for data in records or ():
-            try:
-                record = logging.makeLogRecord(pickle.loads(data))
-                logger = logging.getLogger(record.name)
-                if logger.isEnabledFor(record.levelno):
-                    logger.handle(record)
-            except BaseException:  # noqa: BLE001 - a broken handler must not stop the pool
-                log.debug("could not handle a worker's log record", exc_info=True)
+            worker_mod.handle_record_bytes(data)
 
     def _account(self, f: Flight, reply, meta, item: int | None = None) -> None:
         """Stats and the measured task time (adaptive chunks) for a finished
