@@ -587,9 +587,15 @@ class Supervisor(FeederRegistry):
     def _turn(self, events) -> bool:
         began = time.perf_counter()
         for (tag, w), mask in events:
-            if tag in ("chan", "sentinel") and w.lease is not None:
-                # The worker died (or the event came before the lease): the
-                # loop takes the channel back; the caller finds the lease gone.
+            if tag == "chan" and w.lease is not None:
+                # Reported before the lease muted the channel (a quick worker
+                # answers before its caller starts to wait): the lease holder
+                # polls the channel itself and reads it. Taking the channel
+                # back here would hand every quick reply to this thread.
+                continue
+            if tag == "sentinel" and w.lease is not None:
+                # The worker died: the loop takes the channel back and reaps
+                # it; the caller finds the lease gone.
                 self._end_lease(w)
             if tag == "wake":
                 # Drain first, then clear the flag, then (below) take the
