@@ -611,6 +611,29 @@ def test_async_result_api(pool):
         bad.get(0)
 
 
+def test_many_threads_waiting_on_one_result_all_get_it(pool):
+    # The first thread that must wait makes the result's gate; the others
+    # wait on the same gate, each letting the next through.
+    r = pool.apply_async(h.sleep_return, (0.4, "v"))
+    got, timeouts = [], []
+
+    def waiter(k):
+        if k % 2:
+            try:
+                r.get(0.05)  # gives up before the result is in
+            except multiprocessing.TimeoutError:
+                timeouts.append(k)
+        got.append(r.get(GET))
+
+    threads = [threading.Thread(target=waiter, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(GET)
+    assert got == ["v"] * 6 and sorted(timeouts) == [1, 3, 5]
+    assert r.get(0) == "v" and r.ready()
+
+
 def test_remote_traceback_is_attached(pool):
     with pytest.raises(ValueError) as ei:
         pool.apply(h.raise_value_error, ("tb",))

@@ -103,11 +103,13 @@ class AsyncResult(Job):
     def __init__(self, backend, name: str, callback=None, error_callback=None, kind: str = "apply"):
         super().__init__(name, kind)
         self._backend = backend
-        # Done when _done is True; _gate, a C lock held until then, is what
-        # waiters sleep on (a threading.Event costs a Condition per result).
+        # Done when _done is True. _gate, a C lock held until then, is what
+        # waiters sleep on (a threading.Event costs a Condition per result);
+        # it is made by the first thread that has to wait: in a burst most
+        # results are in before anyone asks, and a lock per result is one
+        # more object for the cyclic collector to track.
         self._done = False
-        self._gate = _allocate_lock()
-        self._gate.acquire()
+        self._gate = None
         self._ok = None
         self._value = None
         self._callback = callback
@@ -128,8 +130,15 @@ class AsyncResult(Job):
     def _wait_done(self, timeout: float) -> bool:
         if self._done:
             return True
-        if self._gate.acquire(True, max(0.0, timeout)):
-            self._gate.release()
+        with self._lock:
+            if self._done:
+                return True
+            gate = self._gate
+            if gate is None:
+                gate = self._gate = _allocate_lock()
+                gate.acquire()
+        if gate.acquire(True, max(0.0, timeout)):
+            gate.release()  # for the next waiter, if any
             return True
         return self._done
 
@@ -137,7 +146,8 @@ class AsyncResult(Job):
         # under self._lock: set once
         if not self._done:
             self._done = True
-            self._gate.release()
+            if self._gate is not None:
+                self._gate.release()
 
     def successful(self) -> bool:
         if not self.ready():
@@ -148,7 +158,7 @@ class AsyncResult(Job):
         wait_for(self._is_done, self._wait_done, timeout, self._backend, self)
 
     def get(self, timeout: float | None = None):
-        if not wait_for(self._is_done, self._wait_done, timeout, self._backend, self):
+        if not self._done and not wait_for(self._is_done, self._wait_done, timeout, self._backend, self):
             raise multiprocessing.TimeoutError
         if self._ok:
             return self._value
@@ -220,6 +230,13 @@ class AsyncResult(Job):
             if self._done or self._ok is not None:
                 return  # first outcome wins (a cancel, a terminate)
             self._ok = ok
+            if (self._callback if ok else self._error_callback) is None and self._done_callbacks is None:
+                # Nobody to call (most results): done in this one section.
+                self._value = value
+                self._done = True
+                if self._gate is not None:
+                    self._gate.release()
+                return
         self._settle(ok, value)
 
     def _settle(self, ok: bool, value) -> None:
