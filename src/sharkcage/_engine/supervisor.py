@@ -683,19 +683,27 @@ class Supervisor(FeederRegistry):
             cmd = cmds.popleft()
             tag = cmd[0]
             if tag == "submit":
+                batches = cmd[1]
+                if cmds and cmds[0][0] == "submit":
+                    # A burst of apply_async is thousands of one-batch
+                    # submits in a row: take the run of them at once.
+                    batches = list(batches)
+                    while cmds and cmds[0][0] == "submit":
+                        batches += cmds.popleft()[1]
                 if self.broken is not None:
-                    for b in cmd[1]:
+                    for b in batches:
                         self._fail_batch(b, self.broken)
                 elif self.state == "terminating":
-                    for b in cmd[1]:
+                    for b in batches:
                         self._fail_batch(b, SharkcageError("the pool was terminated before this task ran"))
                 else:
-                    n = 0
-                    for b in cmd[1]:
-                        self._next_batch += 1
-                        b.id = self._next_batch
+                    n, next_id = 0, self._next_batch
+                    for b in batches:
+                        next_id += 1
+                        b.id = next_id
                         n += len(b.items)
-                    self.pending.extend(cmd[1])
+                    self._next_batch = next_id
+                    self.pending.extend(batches)
                     self.recorder.submitted += n
             elif tag == "cancel":
                 self._cancel(cmd[1], cmd[2])
@@ -1049,24 +1057,32 @@ class Supervisor(FeederRegistry):
                 continue  # all cancelled while pending
             # Coalesce single-task submits of known-tiny tasks into one
             # message, up to a fair share of what is pending.
-            if b.split and len(b) == 1 and pending and self._task_samples and self._avg_task < 0.001:
+            if b.split and len(b.items) == 1 and pending and self._task_samples and self._avg_task < 0.001:
                 share = max(1, min(64, len(pending) // max(1, n_workers)))
-                merged = [b]
-                while pending and len(merged) < share:
+                # One pass builds the merged batch's three lists (this runs
+                # for every task of an apply_async burst).
+                fn_id, kind, attempts = b.fn_id, b.kind, b.attempts
+                targets = [(b.job, b.indices[0]) if b.job is not None else b.targets[0]]
+                items, payloads = [b.items[0]], [b.payload[0]]
+                popleft = pending.popleft
+                while pending and len(items) < share:
                     nxt = pending[0]
-                    if not (nxt.split and nxt.fn_id == b.fn_id and nxt.kind == b.kind and nxt.attempts == b.attempts
-                            and len(nxt) == 1):
+                    if not (nxt.split and nxt.fn_id == fn_id and nxt.kind == kind and nxt.attempts == attempts
+                            and len(nxt.items) == 1):
                         break
-                    pending.popleft()
-                    if nxt.job is not None:  # a single job's batch: no targets list to build
-                        if nxt.job.start(nxt.indices[0]):
-                            merged.append(nxt)
-                    elif nxt.targets[0][0].start(nxt.targets[0][1]):
-                        merged.append(nxt)
-                if len(merged) > 1:
-                    nb = Batch(b.fn_id, b.kind, [(m.job, m.indices[0]) if m.job is not None else m.targets[0]
-                                                 for m in merged],
-                               [m.items[0] for m in merged], [m.payload[0] for m in merged], True, b.attempts)
+                    popleft()
+                    job = nxt.job
+                    if job is not None:  # a single job's batch: no targets list to build
+                        target = (job, nxt.indices[0])
+                    else:
+                        target = nxt.targets[0]
+                        job = target[0]
+                    if job.start(target[1]):
+                        targets.append(target)
+                        items.append(nxt.items[0])
+                        payloads.append(nxt.payload[0])
+                if len(items) > 1:
+                    nb = Batch(fn_id, kind, targets, items, payloads, True, attempts)
                     nb.id = b.id
                     b = nb
             return b
