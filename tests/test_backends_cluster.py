@@ -107,6 +107,23 @@ def test_big_arrays_travel_both_ways_as_writable_copies(backend):
         assert [float(a[0]) for a in out] == [1.0, 2.0, 3.0, 4.0]
 
 
+def test_a_big_function_is_published_once_and_runs_everywhere(backend):
+    # A callable whose pickle passes the 64 KiB inline limit is placed in the
+    # cluster once (Dask: scattered, Ray: ray.put) and each call carries its
+    # handle, which the engine resolves only as an argument of its own (Ray
+    # otherwise gets the call's arguments packed into one); with task_timeout
+    # the calls stream their items, another way in.
+    table = bytes(range(256)) * 1024  # 256 KiB captured: the lambda is pickled by value
+    fn = lambda i: table[i % 256] + len(table)  # noqa: E731
+    # (Dask refuses task_timeout: test_refused_options_say_why)
+    for kw in ({},) if backend[0] == "dask" else ({}, {"task_timeout": 60}):
+        with pool(backend, **kw) as p:
+            assert p.map(fn, [1, 2, 300], chunksize=1) == [1 + 262144, 2 + 262144, 44 + 262144]
+            assert p.apply(fn, (5,)) == 5 + 262144
+        with pool(backend, initializer=ch.init_state, initargs=("s",), **kw) as p:
+            assert p.map(fn, range(4), chunksize=2) == [i + 262144 for i in range(4)]
+
+
 def test_apply_async_and_map_async_callbacks(backend):
     got, errors = [], []
     with pool(backend) as p:

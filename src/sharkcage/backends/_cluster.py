@@ -922,9 +922,10 @@ class ClusterBackend(FeederRegistry):
             init_key = init_arg = None
             if self._init_fn is not None:
                 init_key, init_arg = self._init_fn.key, self._function_arg(self._init_fn)
-            # Few arguments (Ray serializes each on its own), the function's
-            # and initializer's among them (top-level, so the engine resolves
-            # a cluster-side copy), the payload last.
+            # Few arguments (Ray serializes each on its own, and packs these
+            # into one when it can), the function's and initializer's among
+            # them (top-level, so the engine resolves a cluster-side copy),
+            # the payload last.
             spec = (self._token, fn.key, init_key, batch.id, batch.kind, batch.split, self._log_level, self.carrier)
             args = (spec, self._function_arg(fn), init_arg, oob(batch.payload, self.carrier))
             self._inflight[key] = flight
