@@ -120,6 +120,15 @@ def init_state(value):
     return {"init": value, "pid": os.getpid()}
 
 
+def share_sum(arr, i):
+    """A shared array's sum plus ``i`` (a task receives the object, not the handle)."""
+    return float(arr.sum()) + i
+
+
+def share_key_sum(d, key):
+    return sum(d[key])
+
+
 def read_state(_=None):
     from sharkcage import worker_state
 

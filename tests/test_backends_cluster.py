@@ -124,6 +124,36 @@ def test_a_big_function_is_published_once_and_runs_everywhere(backend):
             assert p.map(fn, range(4), chunksize=2) == [i + 262144 for i in range(4)]
 
 
+def test_share_reaches_every_task_once_placed_and_is_released_with_the_pool(backend):
+    # Local: shared memory; Dask: scattered; Ray: ray.put. The handle pickles
+    # small, a task receives the object, a released handle fails only the
+    # task that names it.
+    np = pytest.importorskip("numpy")
+    import pickle
+
+    big = np.arange(1_000_000, dtype=np.float64)  # 8 MB
+    with pool(backend) as p:
+        h = p.share(big)
+        assert len(pickle.dumps(h)) < 300
+        assert p.starmap(ch.share_sum, [(h, i) for i in range(6)], chunksize=1) == [
+            float(big.sum()) + i for i in range(6)]
+        assert p.starmap(ch.share_sum, [(h, i) for i in range(4)], chunksize=4) == [
+            float(big.sum()) + i for i in range(4)]
+        small = p.share({"w": [1, 2, 3]})
+        assert p.apply(ch.share_key_sum, (small, "w")) == 6
+        assert np.array_equal(h.resolve(), big) and small.resolve() == {"w": [1, 2, 3]}
+        never_used = p.share({"w": [4]})
+        never_used.release()
+        never_used.release()  # idempotent
+        with pytest.raises(Exception, match="released"):
+            p.apply(ch.share_key_sum, (never_used, "w"))
+        assert p.apply(ch.share_key_sum, (small, "w")) == 6  # the pool goes on
+    with pytest.raises(ValueError, match="not running"):
+        p.share([1])
+    if backend[0] != "local":
+        assert p._backend._shares == {} and h.ref is None  # the cluster's copies dropped
+
+
 def test_apply_async_and_map_async_callbacks(backend):
     got, errors = [], []
     with pool(backend) as p:

@@ -314,7 +314,9 @@ class Pool:
 
         Pass the handle in task arguments: the task receives the object,
         materialised at most once per worker (numpy arrays as zero-copy
-        read-only views). The memory is released when the pool ends.
+        read-only views). The memory is released when the pool ends. On a
+        cluster backend the object goes to the engine's object store instead
+        (Dask: scattered; Ray: ``ray.put``), see docs/backends.md.
 
         >>> import numpy as np
         >>> from sharkcage import Pool
@@ -323,13 +325,8 @@ class Pool:
         ...     int(pool.apply(np.sum, (h,)))
         45
         """
-        from sharkcage.shared import make_share
-
         self._check_running()
-        root = getattr(self._backend, "shm_root", None)
-        if root is None:
-            raise ValueError("pool.share() needs the local backend's shared memory")
-        handle = make_share(obj, prefix=root)
+        handle = self._backend.share(obj)
         self._shares.append(handle)
         return handle
 

@@ -498,6 +498,13 @@ class Supervisor(FeederRegistry):
     def _feeders_changed(self) -> None:
         self._command("wake")
 
+    def share(self, obj: Any):
+        """``pool.share(obj)``: ``obj`` in a shared-memory segment named under
+        this pool's root, so the pool's shutdown sweep removes it too."""
+        from sharkcage.shared import make_share
+
+        return make_share(obj, prefix=self.shm_root)
+
     def cancel(self, job: Job, running: bool = True) -> None:
         """Drop the job's pending tasks; with ``running``, also kill (and
         replace) the workers running its tasks."""

@@ -53,6 +53,7 @@ import weakref
 from typing import Any, Callable
 
 from sharkcage._engine import replies, serialize, start
+from sharkcage.backends import _shares
 from sharkcage._engine import worker as worker_mod
 from sharkcage._engine.jobs import CallbackRunner, Job
 from sharkcage._engine.recorder import Recorder
@@ -451,12 +452,13 @@ def _result_arena(carrier: str | None):
     return serialize.BufferArena(_OOB_BYTES) if carrier in ("pickle5", "numpy") else None
 
 
-def remote_run(spec: tuple, fn_data, init_data, payload):
+def remote_run(spec: tuple, fn_data, init_data, shares, payload):
     """One batch on a cluster worker: ``(reply, log records, (host, pid, seconds, rss))``.
 
     ``spec`` is ``(token, fn_key, init_key, batch_id, kind, split, log_level,
     carrier)``; the function's (and initializer's) pickles come as their own
-    arguments, so the engine can resolve a cluster-side copy in their place.
+    arguments, so the engine can resolve a cluster-side copy in their place;
+    ``shares`` are the shared objects the payload names (``_shares.stage``).
     The reply is exactly what a local worker sends (``worker.run_batch``),
     so the parent decodes it with ``replies.settle_batch`` and every error
     maps onto the same classes. Never raises: a failure to load the function
@@ -471,14 +473,16 @@ def remote_run(spec: tuple, fn_data, init_data, payload):
         with _exception_guard():
             fn, reply = _prepare(batch_id, token, init, fn_key, fn_data)
             if reply is None:
+                _shares.stage(shares)
                 reply = worker_mod.run_batch(batch_id, fn, kind, payload, split, timed=False,
                                              arena=_result_arena(carrier))
     finally:
+        _shares.unstage()
         logging.getLogger().removeHandler(handler)
     return oob_reply(reply, carrier), handler.records, (_HOST, os.getpid(), time.monotonic() - began, _rss())
 
 
-def remote_run_stream(spec: tuple, fn_data, init_data, payload):
+def remote_run_stream(spec: tuple, fn_data, init_data, shares, payload):
     """Like :func:`remote_run`, item by item, announcing each start (a generator).
 
     Used where the parent enforces ``task_timeout``: ``("start", i)`` tells
@@ -500,9 +504,11 @@ def remote_run_stream(spec: tuple, fn_data, init_data, payload):
         began = time.monotonic()
         try:
             with _exception_guard():
+                _shares.stage(shares)
                 reply = worker_mod.run_batch(batch_id, fn, kind, [item], True, timed=False,
                                              arena=_result_arena(carrier))
         finally:
+            _shares.unstage()
             logging.getLogger().removeHandler(handler)
         yield ("item", i, oob_reply(reply, carrier), handler.records,
                me + (time.monotonic() - began, _rss()))
@@ -630,6 +636,8 @@ class ClusterBackend(FeederRegistry):
         self._pending: collections.deque[Batch] = collections.deque()
         self._inflight: dict[str, Flight] = {}
         self._suspects: set[int] = set()  # ids of pending one-task batches that must run alone
+        self._shares: dict[str, _shares.ClusterShare] = {}  # pool.share(): key -> handle, while live
+        self._shares_made = 0
         self._state = "running"  # running -> closing -> stopped; or terminating
         self._reason = ""
         self._init_feeders()
@@ -927,7 +935,8 @@ class ClusterBackend(FeederRegistry):
             # them (top-level, so the engine resolves a cluster-side copy),
             # the payload last.
             spec = (self._token, fn.key, init_key, batch.id, batch.kind, batch.split, self._log_level, self.carrier)
-            args = (spec, self._function_arg(fn), init_arg, oob(batch.payload, self.carrier))
+            args = (spec, self._function_arg(fn), init_arg, self._shares_arg(batch.payload),
+                    oob(batch.payload, self.carrier))
             self._inflight[key] = flight
             flight.handle = self._launch_remote(flight, args)
         except BaseException as e:  # noqa: BLE001 - the cluster refused it: fail this batch, not the pool
@@ -946,6 +955,44 @@ class ClusterBackend(FeederRegistry):
         if fn.remote is None:
             fn.remote = self._publish(fn)
         return fn.remote
+
+    # ------------------------------------------------------------------
+    # pool.share(): objects in the engine's object store (see _shares.py)
+
+    def share(self, obj: Any) -> _shares.ClusterShare:
+        """Place ``obj`` in the cluster's object store once; a handle for task arguments."""
+        with self._lock:
+            if self._state != "running":
+                raise ValueError("Pool not running")
+            self._shares_made += 1
+            key = f"sharkcage-share-{self._token}-{self._shares_made}"
+        try:
+            ref = self._put_shared(obj)
+        except BaseException as e:  # noqa: BLE001 - the engine's own pickling failed
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            raise serialize.serialization_error("argument", "pool.share()", obj, e) from None
+        handle = _shares.ClusterShare(key, ref, getattr(obj, "nbytes", None), type(obj).__qualname__, self)
+        self._shares[key] = handle
+        return handle
+
+    def _release_share(self, handle: _shares.ClusterShare) -> None:
+        self._shares.pop(handle.key, None)
+        ref, handle.ref = handle.ref, None
+        if ref is not None:
+            try:
+                self._drop_shared(ref)
+            except Exception:  # noqa: BLE001 - the connection is gone: so is the copy
+                log.debug("releasing %s failed", handle.key, exc_info=True)
+
+    def _shares_arg(self, payload):
+        """The engine's references of the live shares this batch's pickles name."""
+        keys = _shares.shares_in(payload, list(self._shares))
+        if not keys:
+            return None
+        live = self._shares  # a handle may be released meanwhile (another thread): skip it then
+        refs = {k: h.ref for k in keys if (h := live.get(k)) is not None and h.ref is not None}
+        return (self.shares_how, refs) if refs else None
 
     # ------------------------------------------------------------------
     # Outcomes
@@ -1215,6 +1262,8 @@ class ClusterBackend(FeederRegistry):
             if self._state != "terminating":
                 self._state = "stopped"
             fns = list(self._fns.values())
+        for handle in list(self._shares.values()):
+            handle.release()
         try:
             self._disconnect(fns + ([self._init_fn] if self._init_fn else []))
         except BaseException:  # noqa: BLE001
@@ -1239,6 +1288,18 @@ class ClusterBackend(FeederRegistry):
         raise NotImplementedError
 
     def _disconnect(self, fns: list) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    shares_how: str | None = None  # how a worker resolves a share's reference (see _shares.stage)
+
+    def _put_shared(self, obj: Any):  # pragma: no cover - abstract
+        """The engine's reference on a copy of ``obj`` in its object store."""
+        raise NotImplementedError
+
+    def _get_shared(self, ref) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _drop_shared(self, ref) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
 

@@ -36,6 +36,9 @@ class Backend(Protocol):
     * ``cancel(job)``: drop the job's pending items, stop its running ones.
     * ``close()`` (finish the work, then stop), ``terminate(reason)`` (stop
       now; outstanding items fail with SharkcageError), ``join(timeout)``.
+    * ``share(obj)``: ``obj`` placed once where every worker can reach it
+      (shared memory, or the cluster's object store); a handle that pickles
+      small and unpickles in a task as the object (``pool.share``).
     * ``done``: set once the backend has stopped and settled every outcome.
     * ``callbacks``: runs user callbacks off the engine's own thread.
     """
@@ -49,5 +52,6 @@ class Backend(Protocol):
     def close(self) -> None: ...
     def terminate(self, reason: str = ...) -> None: ...
     def join(self, timeout: float | None = None) -> bool: ...
+    def share(self, obj) -> object: ...
     def alive(self) -> bool: ...
 

@@ -98,6 +98,18 @@ class DaskBackend(ClusterBackend):
     def _publish(self, fn: _Fn):
         return self.client.submit(_hold, fn.data, key=f"sharkcage-fn-{fn.key.replace(':', '-')}", pure=False)
 
+    # pool.share(): scattered to one worker, then moved by Dask to each
+    # worker whose task needs it (once per worker); the task gets the object
+    def _put_shared(self, obj):
+        [future] = self.client.scatter([obj], hash=False)  # in a list: a list obj is not split up
+        return future
+
+    def _get_shared(self, ref):
+        return ref.result()
+
+    def _drop_shared(self, ref) -> None:
+        ref.release()
+
     def _launch_remote(self, flight: Flight, args: tuple):
         payload = args[-1]
         size = sum(_nbytes(p) for p in (payload if isinstance(payload, list) else [payload]))

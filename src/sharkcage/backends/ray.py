@@ -146,6 +146,19 @@ class RayBackend(ClusterBackend):
     def _publish(self, fn: _Fn):
         return self._ray.put(fn.data)
 
+    # pool.share(): Ray's object store; a worker fetches the object once
+    # (numpy arrays as zero-copy read-only views of the store)
+    shares_how = "ray"
+
+    def _put_shared(self, obj):
+        return self._ray.put(obj)
+
+    def _get_shared(self, ref):
+        return self._ray.get(ref)
+
+    def _drop_shared(self, ref) -> None:
+        pass  # Ray frees the object once no reference is left (running tasks hold theirs)
+
     def _launch_remote(self, flight: Flight, args: tuple):
         # The function's and initializer's pickles are bytes unless published
         # (an ObjectRef): only then do the arguments stay spread out.
