@@ -105,6 +105,34 @@ def test_a_reply_the_loop_saw_first_is_left_to_the_lease_holder():
         assert taken_back == []
 
 
+def test_work_held_back_during_a_lease_is_dispatched_when_the_lease_ends():
+    # While a caller thread leases the only worker, the loop holds new tasks
+    # back. The holder that reads the last reply must wake the loop, or those
+    # tasks wait forever (found as a hang of actor futures after sync calls).
+    with Pool(1) as pool:
+        _warm(pool)
+        for _ in range(3):
+            first = _direct(pool, helpers.sleep_return, (0.15, "first"))
+            waiter = threading.Thread(target=first.get, args=(10,))
+            waiter.start()
+            time.sleep(0.05)  # the waiter now holds the lease
+            later = [pool.apply_async(helpers.square, (i,)) for i in range(3)]
+            waiter.join(10)
+            assert first.get(0) == "first"
+            assert [r.get(5) for r in later] == [0, 1, 4]
+
+
+def test_close_then_join_while_a_leased_waiter_reads_the_last_reply():
+    with Pool(1) as pool:
+        _warm(pool)
+        r = _direct(pool, helpers.sleep_return, (0.1, "last"))
+        pool.close()
+        assert r.get(10) == "last"  # read by this thread, under a lease
+        done = threading.Event()
+        threading.Thread(target=lambda: (pool.join(), done.set()), daemon=True).start()
+        assert done.wait(10), "join() never returned: the loop did not see the pool finish"
+
+
 def test_a_crash_during_a_leased_wait_fails_only_that_task_and_the_pool_goes_on(tmp_path):
     with Pool(1) as pool:
         _warm(pool)

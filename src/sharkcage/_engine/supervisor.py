@@ -479,8 +479,13 @@ class Supervisor(FeederRegistry):
                 if w.lease is token:
                     self._end_lease(w)
                     handed_back = not is_done()
-            if handed_back:
-                self._command("wake")  # deadlines and a dying worker are the loop's again
+                # Deadlines and a dying worker are the loop's again; and a
+                # reply read here may have freed the worker for tasks the loop
+                # held back meanwhile, or ended the last task of a closing
+                # pool: the loop must look (it saw none of these replies).
+                wake = handed_back or bool(self.pending) or self.state != "running"
+            if wake:
+                self._command("wake")
 
     def _end_lease(self, w: _Worker) -> None:
         """The loop watches the worker again (under ``_lock``)."""
