@@ -120,6 +120,36 @@ def init_state(value):
     return {"init": value, "pid": os.getpid()}
 
 
+class Counter:
+    """An actor: state that must persist between calls (seed 004)."""
+
+    def __init__(self, start=0, fail=False):
+        if fail:
+            raise RuntimeError("the constructor refused")
+        self.count = start
+
+    def add(self, n=1):
+        self.count += n
+        return self.count
+
+    def fail(self, text):
+        raise ValueError(text)
+
+    def pid(self):
+        return os.getpid()
+
+    def sleep(self, seconds):
+        time.sleep(seconds)
+        return self.count
+
+    def log(self, text):
+        logging.getLogger("sharkcage.test.actor").warning(text)
+        return text
+
+    def generator(self):
+        return (i for i in range(3))
+
+
 def share_sum(arr, i):
     """A shared array's sum plus ``i`` (a task receives the object, not the handle)."""
     return float(arr.sum()) + i

@@ -31,6 +31,7 @@ from sharkcage import (
     SharkcageError,
     TaskTimeoutError,
     WorkerCrashedError,
+    WorkerInitError,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
@@ -152,6 +153,84 @@ def test_share_reaches_every_task_once_placed_and_is_released_with_the_pool(back
         p.share([1])
     if backend[0] != "local":
         assert p._backend._shares == {} and h.ref is None  # the cluster's copies dropped
+
+
+def test_an_actor_keeps_its_state_and_its_call_order(backend, caplog):
+    # Local: a process of its own; Dask: a Dask actor; Ray: a Ray actor.
+    import os
+
+    with pool(backend) as p:
+        counter = p.actor(ch.Counter, 10)
+        assert [counter.add(1) for _ in range(3)] == [11, 12, 13]
+        futures = [counter.add.submit(2) for _ in range(5)]
+        assert [f.result(60) for f in futures] == [15, 17, 19, 21, 23]
+        with pytest.raises(ValueError, match="bad"):  # the method's own error, for that call only
+            counter.fail("bad")
+        with pytest.raises(SerializationError):
+            counter.generator()
+        with caplog.at_level(logging.WARNING, logger="sharkcage.test.actor"):
+            assert counter.log("from the actor") == "from the actor"
+        assert "from the actor" in caplog.text
+        assert counter.add(0) == 23
+        assert counter.pid() != os.getpid()
+        counter.close()
+        with pytest.raises(SharkcageError, match="closed"):
+            counter.add(1)
+        broken = p.actor(ch.Counter, fail=True)
+        with pytest.raises(WorkerInitError, match="the constructor refused"):
+            broken.add(1)
+        broken.close()
+
+
+def test_a_killed_actor_fails_its_calls_or_is_rebuilt_with_restart(backend):
+    import os
+    import signal
+    import warnings
+
+    with pool(backend) as p:
+        counter = p.actor(ch.Counter)
+        counter.add(5)
+        os.kill(counter.pid(), signal.SIGKILL)
+        with pytest.raises(WorkerCrashedError):
+            counter.add(1)
+        if backend[0] == "dask":
+            with pytest.raises(ValueError, match="cannot rebuild an actor"):
+                p.actor(ch.Counter, restart=True)
+            return
+        again = p.actor(ch.Counter, restart=True)
+        again.add(5)
+        os.kill(again.pid(), signal.SIGKILL)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            deadline = time.monotonic() + 60
+            while True:  # the call in flight at the death may fail; then the rebuilt one answers
+                try:
+                    value = again.add(1)
+                    break
+                except WorkerCrashedError:
+                    assert time.monotonic() < deadline
+        assert value == 1  # rebuilt from the same arguments: its state starts afresh
+        assert any(issubclass(w.category, RuntimeWarning) and "rebuilt" in str(w.message) for w in caught)
+
+
+def test_an_actor_call_past_task_timeout_fails_alone(backend):
+    if backend[0] == "dask":  # Dask cannot stop a running call: the pool refuses the option
+        with pytest.raises(ValueError, match="task_timeout"):
+            pool(backend, task_timeout=2)
+        return
+    with pool(backend, task_timeout=2) as p:
+        counter = p.actor(ch.Counter, restart=True)
+        assert counter.add(1) == 1
+        with pytest.warns(RuntimeWarning, match="rebuilt"):
+            with pytest.raises(TaskTimeoutError):
+                counter.sleep(30)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    assert counter.add(1) == 1  # rebuilt after the kill: its state starts afresh
+                    break
+                except WorkerCrashedError:
+                    assert time.monotonic() < deadline
 
 
 def test_apply_async_and_map_async_callbacks(backend):

@@ -41,15 +41,21 @@ def _build(cls, args, kwargs):
     return cls(*args, **kwargs)
 
 
-def _call(name: str, args: tuple, kwargs: dict):
-    """Runs in the actor's process: one method call on its object (an
-    ``async def`` method runs to completion on the actor's own loop)."""
-    value = getattr(worker_state(), name)(*args, **kwargs)
+def call_method(obj, name: str, args: tuple, kwargs: dict):
+    """One method call on an actor's object, where it lives (an ``async
+    def`` method runs to completion on the actor's own loop). Local and
+    cluster actors both call this."""
+    value = getattr(obj, name)(*args, **kwargs)
     if isinstance(value, types.CoroutineType):
         from sharkcage._engine.worker import _run_coroutine
 
         value = _run_coroutine(value)
     return value
+
+
+def _call(name: str, args: tuple, kwargs: dict):
+    """Runs in a local actor's process: its object is the worker's state."""
+    return call_method(worker_state(), name, args, kwargs)
 
 
 class ActorMethod:
@@ -82,8 +88,8 @@ class ActorProxy:
     arguments (its state starts afresh) and a ``RuntimeWarning`` says so.
     """
 
-    def __init__(self, cls: type, args: tuple, kwargs: dict, *, restart: bool, start_method, context,
-                 task_timeout, allow_unsafe_fork: bool):
+    def __init__(self, cls: type, args: tuple, kwargs: dict, *, restart: bool, start_method=None, context=None,
+                 task_timeout=None, allow_unsafe_fork: bool = False, cluster=None):
         if not isinstance(cls, type):
             raise TypeError(f"pool.actor() takes a class, not {cls!r}; wrap a function's state in a class")
         self._cls_name = cls.__qualname__
@@ -92,13 +98,20 @@ class ActorProxy:
         name = self._cls_name
 
         def restarted(pid, exitcode):
+            how = "" if pid is None else f" (pid {pid}) died with exit code {exitcode}"
             warnings.warn(
-                f"actor {name} (pid {pid}) died with exit code {exitcode}; it was rebuilt from the "
+                f"actor {name}{how or ' died'}; it was rebuilt from the "
                 "same arguments (restart=True), so its state starts afresh",
                 RuntimeWarning,
                 stacklevel=1,
             )
 
+        if cluster is not None:
+            # An engine actor (Dask, Ray): backends/_actors.py
+            self._backend = cluster.actor_backend(cls, tuple(args), dict(kwargs), restart=restart,
+                                                  on_restart=restarted if restart else None)
+            self._fn_id = 0
+            return
         self._backend = create_backend(
             "local",
             processes=1,

@@ -347,7 +347,8 @@ class Pool:
         ``proxy.method(*a, **kw)`` runs there in call order and returns the
         result; ``proxy.method.submit(...)`` returns a future (also
         awaitable); ``proxy.close()`` stops it. The actor's process is one
-        more than ``processes``. If it dies, pending and later calls raise
+        more than ``processes`` (on a cluster: an engine actor that takes no
+        task slot). If it dies, pending and later calls raise
         :class:`WorkerCrashedError`, unless ``restart=True`` (rebuilt from the
         same arguments, with a RuntimeWarning). The pool's ``task_timeout``
         applies to each call.
@@ -362,15 +363,13 @@ class Pool:
 
         self._check_running()
         cfg = self._backend.config
-        if not hasattr(cfg, "context"):
-            raise ValueError(
-                "pool.actor() needs the local backend: this pool runs on a cluster; "
-                "create a local sharkcage.Pool for actors"
+        if not hasattr(cfg, "context"):  # a cluster backend: an engine actor (docs/backends.md)
+            proxy = ActorProxy(cls, args, kwargs, restart=restart, cluster=self._backend)
+        else:
+            proxy = ActorProxy(
+                cls, args, kwargs, restart=restart, start_method=None, context=cfg.context,
+                task_timeout=cfg.task_timeout, allow_unsafe_fork=cfg.allow_unsafe_fork,
             )
-        proxy = ActorProxy(
-            cls, args, kwargs, restart=restart, start_method=None, context=cfg.context,
-            task_timeout=cfg.task_timeout, allow_unsafe_fork=cfg.allow_unsafe_fork,
-        )
         self._actors.add(proxy)
         return proxy
 

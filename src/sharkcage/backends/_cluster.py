@@ -976,6 +976,26 @@ class ClusterBackend(FeederRegistry):
         self._shares[key] = handle
         return handle
 
+    # ------------------------------------------------------------------
+    # pool.actor(): an engine actor (see _actors.py)
+
+    def actor_backend(self, cls: type, args: tuple, kwargs: dict, *, restart: bool, on_restart=None):
+        """The parent's side of ``cls(*args, **kwargs)`` living in an engine actor."""
+        from sharkcage.backends._actors import ClusterActorBackend
+
+        with self._lock:
+            if self._state != "running":
+                raise ValueError("Pool not running")
+        engine = self._actor_engine(restart)  # refuses what the engine cannot do
+        try:
+            build = serialize.dumps_callable((cls, args, kwargs))
+        except BaseException as e:  # noqa: BLE001
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            raise serialize.serialization_error("argument", f"the actor {cls.__qualname__}", cls, e) from None
+        return ClusterActorBackend(engine, build, cls.__qualname__, log_level=self._log_level,
+                                   task_timeout=self.config.task_timeout, on_restart=on_restart)
+
     def _release_share(self, handle: _shares.ClusterShare) -> None:
         self._shares.pop(handle.key, None)
         ref, handle.ref = handle.ref, None
@@ -1300,6 +1320,10 @@ class ClusterBackend(FeederRegistry):
         raise NotImplementedError
 
     def _drop_shared(self, ref) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _actor_engine(self, restart: bool):  # pragma: no cover - abstract
+        """What ``_actors.ClusterActorBackend`` drives: this engine's actors."""
         raise NotImplementedError
 
 

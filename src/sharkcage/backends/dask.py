@@ -110,6 +110,14 @@ class DaskBackend(ClusterBackend):
     def _drop_shared(self, ref) -> None:
         ref.release()
 
+    def _actor_engine(self, restart: bool):
+        if restart:
+            raise ValueError(
+                "restart=True cannot be honoured with backend='dask': Dask cannot rebuild an actor whose "
+                "worker died. Use backend='ray' (Ray rebuilds it from the same arguments) or the local backend"
+            )
+        return _DaskActors(self.client)
+
     def _launch_remote(self, flight: Flight, args: tuple):
         payload = args[-1]
         size = sum(_nbytes(p) for p in (payload if isinstance(payload, list) else [payload]))
@@ -212,6 +220,49 @@ class DaskBackend(ClusterBackend):
                 log.debug("closing the Dask client failed", exc_info=True)
         if threading.current_thread() is not self._collector:
             self._collector.join(5.0)
+
+
+class _DaskActors:
+    """Dask's actors for ``pool.actor()`` (driven by ``_actors.ClusterActorBackend``):
+    the object lives on one worker, its calls run one at a time on that
+    worker's actor thread. Dask never rebuilds a lost actor."""
+
+    restarts = False
+
+    def __init__(self, client):
+        self._client = client
+
+    def start(self, build_data: bytes):
+        from sharkcage.backends._actors import ActorHost
+
+        future = self._client.submit(ActorHost, build_data, actor=True, pure=False)
+        # Dask's actor proxy binds to the current client when it is made: the
+        # pool's client is not the default one (set_as_default=False)
+        with self._client.as_current():
+            return future, future.result()
+
+    def call(self, handle, call_id: int, payload: list, log_level: int):
+        # Made later, by wait(): Dask does not keep the order of actor calls
+        # in flight together (each is its own message), so the collector
+        # makes them one at a time, in call order.
+        return handle, call_id, payload, log_level
+
+    def wait(self, call, timeout):
+        handle, call_id, payload, log_level = call
+        return handle[1].run(call_id, payload, log_level).result()  # (no task_timeout on Dask pools)
+
+    def is_timeout(self, e: BaseException) -> bool:
+        return False
+
+    def crash_cause(self, e: BaseException) -> str | None:
+        from distributed.comm.core import CommClosedError
+
+        if isinstance(e, (OSError, CommClosedError)) or "lost" in str(e).lower():
+            return f"Dask reported {type(e).__name__}: {e} (the worker holding the actor died or left)"
+        return None
+
+    def kill(self, handle) -> None:
+        handle[0].release()  # the scheduler forgets the actor; its worker drops the object
 
 
 def make_dask_backend(*, address=None, **options) -> DaskBackend:

@@ -159,6 +159,9 @@ class RayBackend(ClusterBackend):
     def _drop_shared(self, ref) -> None:
         pass  # Ray frees the object once no reference is left (running tasks hold theirs)
 
+    def _actor_engine(self, restart: bool):
+        return _RayActors(self._ray, restart)
+
     def _launch_remote(self, flight: Flight, args: tuple):
         # The function's and initializer's pickles are bytes unless published
         # (an ObjectRef): only then do the arguments stay spread out.
@@ -239,6 +242,56 @@ class RayBackend(ClusterBackend):
                 loop.close()
         if self._owns:
             _release()
+
+
+_actor_host = None  # ActorHost as a Ray actor class, made once per process
+
+
+class _RayActors:
+    """Ray's actors for ``pool.actor()`` (driven by ``_actors.ClusterActorBackend``).
+
+    An actor takes no CPU of the cluster (``num_cpus=0``), as a local actor
+    takes none of the pool's ``processes``. ``restart=True`` is Ray's own
+    ``max_restarts``: Ray rebuilds the actor from the same arguments.
+    """
+
+    def __init__(self, ray, restart: bool):
+        self._ray = ray
+        self.restarts = restart
+
+    def start(self, build_data: bytes):
+        global _actor_host
+        if _actor_host is None:
+            from sharkcage.backends._actors import ActorHost
+
+            _actor_host = self._ray.remote(ActorHost)
+        # max_task_retries=0: a call is never run twice behind the caller's back
+        return _actor_host.options(num_cpus=0, max_restarts=-1 if self.restarts else 0,
+                                   max_task_retries=0).remote(build_data)
+
+    def call(self, handle, call_id: int, payload: list, log_level: int):
+        return handle.run.remote(call_id, payload, log_level)
+
+    def wait(self, ref, timeout):
+        return self._ray.get(ref, timeout=timeout)
+
+    def is_timeout(self, e: BaseException) -> bool:
+        return isinstance(e, self._ray.exceptions.GetTimeoutError)
+
+    def crash_cause(self, e: BaseException) -> str | None:
+        rex = self._ray.exceptions
+        if isinstance(e, (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, rex.OutOfMemoryError,
+                          rex.LocalRayletDiedError)):
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            return (f"Ray reported {type(e).__name__}: the actor's process died (os._exit, a signal, a segfault "
+                    f"or the OOM killer){': ' + first if first else ''}")
+        return None
+
+    def kill(self, handle) -> None:
+        self._ray.kill(handle, no_restart=True)
+
+    def kill_for_timeout(self, handle) -> None:
+        self._ray.kill(handle, no_restart=not self.restarts)
 
 
 def make_ray_backend(*, address=None, **options) -> RayBackend:
