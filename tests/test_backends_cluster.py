@@ -213,6 +213,23 @@ def test_a_killed_actor_fails_its_calls_or_is_rebuilt_with_restart(backend):
         assert any(issubclass(w.category, RuntimeWarning) and "rebuilt" in str(w.message) for w in caught)
 
 
+def test_terminate_fails_an_actors_outstanding_calls_at_once(backend):
+    # Dask cannot stop the running call (it finishes on its worker): its
+    # future fails at once all the same, as do the calls queued behind it.
+    p = pool(backend)
+    counter = p.actor(ch.Counter)
+    assert counter.add(1) == 1
+    running = counter.sleep.submit(20)
+    queued = counter.add.submit(1)
+    time.sleep(0.5)
+    p.terminate()
+    for future in (running, queued):
+        with pytest.raises(SharkcageError, match="terminated"):
+            future.result(10)
+    with pytest.raises(SharkcageError, match="closed"):
+        counter.add(1)
+
+
 def test_an_actor_call_past_task_timeout_fails_alone(backend):
     if backend[0] == "dask":  # Dask cannot stop a running call: the pool refuses the option
         with pytest.raises(ValueError, match="task_timeout"):

@@ -102,6 +102,7 @@ class ClusterActorBackend:
         self._reason = ""
         self._next = 0
         self._calls: queue.SimpleQueue = queue.SimpleQueue()  # (job, engine call); None: no more
+        self._current = None  # the job whose call the collector waits for
         self._handle = engine.start(build_data)
         self._collector = start.mark_own_thread(threading.Thread(
             target=self._collect, name=f"sharkcage-actor-{name}", daemon=True))
@@ -151,11 +152,22 @@ class ClusterActorBackend:
         with self._lock:
             if self._state == "terminating":
                 return
-            was_running = self._state == "running"
             self._state, self._reason = "terminating", reason
         self._kill()
-        if was_running:
-            self._calls.put(None)
+        # Fail every outstanding call now: a Dask call that is running goes
+        # on (Dask cannot stop it) and the collector may wait on it a while.
+        err = SharkcageError(f"{reason} before this call finished")
+        current = self._current
+        if current is not None:
+            current.deliver(0, False, err)
+        while True:
+            try:
+                item = self._calls.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].deliver(0, False, err)
+        self._calls.put(None)
 
     def join(self, timeout: float | None = None) -> bool:
         if threading.current_thread() is not self._collector:
@@ -177,7 +189,9 @@ class ClusterActorBackend:
                 if item is None:
                     break
                 job, call = item
+                self._current = job
                 previous_end = self._settle(job, call, previous_end)
+                self._current = None
         finally:
             if self._state != "terminating":
                 self._kill()
