@@ -97,9 +97,9 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         job = FutureJob(future, f"submit({serialize.callable_name(fn)})")
         future._sharkcage_job = job  # for cancel(); Future has a __dict__
         future._sharkcage_backend = self._backend
-        batch = batching.single(job, fn_id, CALL, (args, kwargs), getattr(self._backend, "arena", None),
-                                getattr(self._backend, "inline_items", False))
-        self._backend.submit([batch])
+        item = (args, kwargs)
+        self._backend.submit_call(job, fn_id, CALL, item, batching.call_payload(
+            job, CALL, item, getattr(self._backend, "arena", None), getattr(self._backend, "inline_items", False)))
         self._futures.add(future)
         return future
 

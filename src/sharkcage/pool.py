@@ -165,10 +165,9 @@ class Pool:
                 self._apply_fns[id(func)] = hit
         job = AsyncResult(self._backend, hit[2], callback, error_callback)
         # kwds snapshot: the task sees them as they were at this call
-        batch = batching.single(job, hit[1], CALL, (args if type(args) is tuple else tuple(args),
-                                                    dict(kwds) if kwds else _NO_KWDS),
-                                self._arena, self._inline)
-        self._backend.submit([batch])
+        item = (args if type(args) is tuple else tuple(args), dict(kwds) if kwds else _NO_KWDS)
+        self._backend.submit_call(job, hit[1], CALL, item,
+                                  batching.call_payload(job, CALL, item, self._arena, self._inline))
         return job
 
     # ------------------------------------------------------------------

@@ -56,36 +56,37 @@ def pickle_chunk(items: list, job, first_index: int, fn_id: int, kind: int, rais
     return Batch(fn_id, kind, None, kept, payloads, True, job=job, indices=indices), errors
 
 
-_FIRST = (0,)
 
 
-def single(job, fn_id: int, kind: int, item, arena=None, inline: bool = False) -> Batch:
-    """A batch of one task (apply_async/submit); raises SerializationError.
+def call_payload(job, kind: int, item, arena=None, inline: bool = False):
+    """What a one-task batch sends for ``item``: its pickle, or (``inline``,
+    the local engine) a call's ``(args, kwargs)`` of plain data as it is
+    (``serialize.plainly_small``: it cannot fail to pickle), pickled with the
+    message that carries it to a worker, one pickle for a whole batch of
+    such calls instead of one per call. Raises SerializationError.
 
-    ``inline`` (the local engine): a call's ``(args, kwargs)`` of plain data
-    (``serialize.plainly_small``: it cannot fail to pickle) is kept as it
-    is and pickled with the message that carries it to a worker, one
-    pickle for a whole batch of such calls instead of one per call.
+    >>> call_payload(None, CALL, ((1, "a"), {}), None) == __import__("pickle").dumps(((1, "a"), {}), 5)
+    True
     """
     # Without an arena there is no shared memory to choose: a plain pickle.
     small = arena is None or serialize.plainly_small(item, arena.threshold)
     if inline and small and arena is not None and kind == CALL:
-        # One tuple for items and payload, one shared index tuple: fewer
-        # objects for the collector to track per call (a burst of 10k
-        # apply_async keeps them all alive).
-        one = (item,)
-        return Batch(fn_id, kind, None, one, one, True, job=job, indices=_FIRST)
+        return item
     try:
         if small:
-            payload = serialize.dumps(item)  # no task description needed: nothing can go wrong here
-        else:
-            payload = serialize.dumps_data(item, arena, owned=True, task=job.describe(0), direction="argument")
+            return serialize.dumps(item)  # no task description needed: nothing can go wrong here
+        return serialize.dumps_data(item, arena, owned=True, task=job.describe(0), direction="argument")
     except BaseException as e:  # noqa: BLE001
         if isinstance(e, (KeyboardInterrupt, serialize.SerializationError)):
             raise
         raise serialize.serialization_error("argument", job.describe(0), item, e) from None
-    # A list of per-item pickles, as every engine expects a split payload.
-    return Batch(fn_id, kind, None, [item], [payload], True, job=job, indices=_FIRST)
+
+
+def single(job, fn_id: int, kind: int, item, arena=None, inline: bool = False) -> Batch:
+    """A batch of one task (an actor's call); raises SerializationError.
+    ``apply_async``/``submit`` hand their calls to the engine unbatched
+    (``submit_call``), which merges them (see :func:`call_payload`)."""
+    return Batch.of_call(job, fn_id, kind, item, call_payload(job, kind, item, arena, inline))
 
 
 def chunks(items: list, chunksize: int):

@@ -87,6 +87,9 @@ _LEASE_SLICE = 0.25  # seconds a waiting caller reads a worker's replies itself 
 _LEASE_LOCK_WAIT = 0.005  # a loop turn that takes longer (a worker start) is not waited for
 
 
+_FIRST = (0,)  # the indices of every one-call batch
+
+
 class Batch:
     """Items of one or more jobs sent to a worker as one message.
 
@@ -118,6 +121,21 @@ class Batch:
         if self._targets is None:
             self._targets = [(self.job, i) for i in self.indices]
         return self._targets
+
+    @classmethod
+    def of_call(cls, job, fn_id: int, kind: int, item, payload) -> "Batch":
+        """The batch of one call; ``payload`` is ``item`` itself when it
+        travels inline (``batching.call_payload``)."""
+        if payload is item:
+            one = (item,)  # one tuple for items and payload, a shared index: fewer objects per call
+            return cls(fn_id, kind, None, one, one, True, job=job, indices=_FIRST)
+        # A list of per-item pickles, as every engine expects a split payload.
+        return cls(fn_id, kind, None, [item], [payload], True, job=job, indices=_FIRST)
+
+    @classmethod
+    def of_calls(cls, fn_id: int, kind: int, calls: list) -> "Batch":
+        """One batch of several calls ``(job, item, payload)`` of one function."""
+        return cls(fn_id, kind, [(c[0], 0) for c in calls], [c[1] for c in calls], [c[2] for c in calls], True)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -378,6 +396,48 @@ class Supervisor(FeederRegistry):
         if not self.inflight and len(batches) == 1 and not from_feeder and self._send_direct(batches[0]):
             return
         self._command("submit", batches)
+
+    def submit_call(self, job: Job, fn_id: int, kind: int, item, payload) -> None:
+        """Hand over one call (``apply_async``/``submit``; ``payload`` from
+        ``batching.call_payload``). An idle pool sends it at once (the direct
+        path); otherwise it is queued as it is and the loop merges each run of
+        calls into batches (no batch object per call in a burst)."""
+        if self.broken is not None:
+            job.deliver(0, False, self.broken)
+            return
+        if self.state != "running":
+            raise ValueError("Pool not running")
+        if not self.inflight and not self._commands and self._send_direct(
+                Batch.of_call(job, fn_id, kind, item, payload)):
+            return
+        self._command("call", job, fn_id, kind, item, payload)
+
+    def _queue_calls(self, calls: list) -> None:
+        """A run of ``("call", job, fn_id, kind, item, payload)`` commands into
+        pending batches, in order. Known-tiny tasks are merged up to a fair
+        share of the run per worker (at most 64 a message), as ``_take_batch``
+        merges one-call batches; tasks of unknown or long duration go one by one."""
+        merge = len(calls) > 1 and self._task_samples and self._avg_task < 0.001
+        share = max(1, min(64, len(calls) // max(1, self.config.processes))) if merge else 1
+        next_id, pending, i, n = self._next_batch, self.pending, 0, len(calls)
+        while i < n:
+            c = calls[i]
+            j = i + 1
+            if share > 1:
+                fn_id, kind = c[2], c[3]
+                while j < n and j - i < share and calls[j][2] == fn_id and calls[j][3] == kind:
+                    j += 1
+            if j - i == 1:
+                b = Batch.of_call(c[1], c[2], c[3], c[4], c[5])
+            else:
+                run = calls[i:j]
+                b = Batch(c[2], c[3], [(x[1], 0) for x in run], [x[4] for x in run], [x[5] for x in run], True)
+            next_id += 1
+            b.id = next_id
+            pending.append(b)
+            i = j
+        self._next_batch = next_id
+        self.recorder.submitted += n
 
     # ------------------------------------------------------------------
     # The direct path (see the module doc)
@@ -717,6 +777,17 @@ class Supervisor(FeederRegistry):
                     self._next_batch = next_id
                     self.pending.extend(batches)
                     self.recorder.submitted += n
+            elif tag == "call":
+                calls = [cmd]
+                while cmds and cmds[0][0] == "call":  # a burst: take the run at once
+                    calls.append(cmds.popleft())
+                if self.broken is not None or self.state == "terminating":
+                    exc = self.broken or SharkcageError("the pool was terminated before this task ran")
+                    self.recorder.failed_without_running(len(calls))
+                    for c in calls:
+                        self._deliver(c[1], 0, False, exc)
+                else:
+                    self._queue_calls(calls)
             elif tag == "cancel":
                 self._cancel(cmd[1], cmd[2])
             elif tag == "close":

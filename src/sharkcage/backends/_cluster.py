@@ -750,6 +750,10 @@ class ClusterBackend(FeederRegistry):
             raise ValueError("Pool not running")
         self._events.put(("submit", batches))
 
+    def submit_call(self, job: Job, fn_id: int, kind: int, item, payload) -> None:
+        """One call (``apply_async``/``submit``); the dispatcher merges queued ones."""
+        self.submit([Batch.of_call(job, fn_id, kind, item, payload)])
+
     def _feeders_changed(self) -> None:
         self._events.put(("wake",))
 
