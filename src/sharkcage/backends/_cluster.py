@@ -354,27 +354,34 @@ def as_view(data):
     return memoryview(data)
 
 
-def reply_views(reply):
-    """``as_view`` over the pickles of a reply that crossed the engine."""
+def map_reply(reply, fn):
+    """``reply`` with ``fn`` applied to each of its pickles: a "done"
+    reply's one, a "mixed" reply's one per item; other replies as they are.
+
+    >>> map_reply(("mixed", 3, [(0, b"a"), (1, b"b")]), bytes.upper)
+    ('mixed', 3, [(0, b'A'), (1, b'B')])
+    """
     tag = reply[0]
     if tag == "done":
-        return (tag, reply[1], as_view(reply[2])) + tuple(reply[3:])
+        return (tag, reply[1], fn(reply[2])) + tuple(reply[3:])
     if tag == "mixed":
-        return (tag, reply[1], [(status, as_view(p)) for status, p in reply[2]]) + tuple(reply[3:])
+        return (tag, reply[1], [(status, fn(p)) for status, p in reply[2]]) + tuple(reply[3:])
     return reply
+
+
+def reply_views(reply):
+    """``as_view`` over the pickles of a reply that crossed the engine."""
+    return map_reply(reply, as_view)
 
 
 def oob_reply(reply, how: str | None):
     """``oob`` over the pickles of a worker's reply tuple."""
-    tag = reply[0]
     if not how:
         return reply
-    if tag == "done":
-        return (tag, reply[1], oob(reply[2], how)) + tuple(reply[3:])
-    if tag == "mixed" and any(isinstance(p, serialize.OutOfBand) or isinstance(p, bytes) and len(p) >= _OOB_BYTES
-                              for _s, p in reply[2]):
-        return (tag, reply[1], [(status, oob(p, how)) for status, p in reply[2]]) + tuple(reply[3:])
-    return reply
+    if reply[0] == "mixed" and not any(isinstance(p, serialize.OutOfBand) or isinstance(p, bytes)
+                                       and len(p) >= _OOB_BYTES for _s, p in reply[2]):
+        return reply  # nothing big: no new list
+    return map_reply(reply, lambda p: oob(p, how))
 
 
 def hoist_buffers(reply) -> tuple:
@@ -403,11 +410,7 @@ def hoist_buffers(reply) -> tuple:
             return [take(p) for p in piece]
         return piece
 
-    tag = reply[0]
-    if tag == "done":
-        reply = (tag, reply[1], take(reply[2])) + tuple(reply[3:])
-    elif tag == "mixed":
-        reply = (tag, reply[1], [(status, take(p)) for status, p in reply[2]]) + tuple(reply[3:])
+    reply = map_reply(reply, take)
     return reply, arrays
 
 
@@ -421,12 +424,7 @@ def restore_buffers(reply, arrays: list):
             return [put(p) for p in piece]
         return piece
 
-    tag = reply[0]
-    if tag == "done":
-        return (tag, reply[1], put(reply[2])) + tuple(reply[3:])
-    if tag == "mixed":
-        return (tag, reply[1], [(status, put(p)) for status, p in reply[2]]) + tuple(reply[3:])
-    return reply
+    return map_reply(reply, put)
 
 
 def _rss() -> int | None:
