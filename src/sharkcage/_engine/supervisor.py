@@ -6,7 +6,8 @@ Data flow (every arrow that can fail has a named outcome for exactly one task)::
     --------------                 -----------------                      ----------------
     register_function(fn) -- cloudpickle once per pool (SerializationError here)
     submit(batches) ------+
-    cancel(job) ----------+--> commands deque + wake pipe
+    submit_call(call) ----+    (apply_async/submit: unbatched; the loop merges
+    cancel(job) ----------+--> commands deque + wake pipe      each run of calls)
     close()/terminate() --+            |
                                        v
                           selector.select(timeout = nearest deadline) over
@@ -34,8 +35,11 @@ loop holds for everything between two ``select()`` calls, and both run the
 loop's own code (``_send_batch``, ``_read_worker``), so every outcome is
 settled exactly as the loop would. A lease ends when the task's outcome is
 in, after a short slice, when the worker dies (the supervisor reaps it) or
-when the loop needs the channel back; the caller then waits as usual. Every
-wait in the parent has a way out: a sentinel, a deadline or shutdown.
+when the loop needs the channel back; the caller then waits as usual. A
+reply the loop's poller reported before the lease began is left to the
+holder; a holder that read replies wakes the loop when work is pending or
+the pool is closing (the loop saw none of them). Every wait in the parent
+has a way out: a sentinel, a deadline or shutdown.
 """
 
 from __future__ import annotations
