@@ -136,10 +136,38 @@ class Batch:
         # A list of per-item pickles, as every engine expects a split payload.
         return cls(fn_id, kind, None, [item], [payload], True, job=job, indices=_FIRST)
 
-    @classmethod
-    def of_calls(cls, fn_id: int, kind: int, calls: list) -> "Batch":
-        """One batch of several calls ``(job, item, payload)`` of one function."""
-        return cls(fn_id, kind, [(c[0], 0) for c in calls], [c[1] for c in calls], [c[2] for c in calls], True)
+    def merged_with(self, pending, share: int) -> "Batch":
+        """This one-call batch, just taken from ``pending``, merged with the
+        one-call batches of the same function queued right behind it, up to
+        ``share`` calls in all (they leave ``pending``). Each call merged in is
+        started (``Job.start``) and left out if cancelled meanwhile. Every
+        engine coalesces single submits this one way."""
+        fn_id, kind, attempts = self.fn_id, self.kind, self.attempts
+        targets = [(self.job, self.indices[0]) if self.job is not None else self.targets[0]]
+        items, payloads = [self.items[0]], [self.payload[0]]
+        popleft = pending.popleft
+        # One pass builds the three lists: this runs for every task of a burst.
+        while pending and len(items) < share:
+            nxt = pending[0]
+            if not (nxt.split and nxt.fn_id == fn_id and nxt.kind == kind and nxt.attempts == attempts
+                    and len(nxt.items) == 1):
+                break
+            popleft()
+            job = nxt.job
+            if job is not None:  # a single job's batch: no targets list to build
+                target = (job, nxt.indices[0])
+            else:
+                target = nxt.targets[0]
+                job = target[0]
+            if job.start(target[1]):
+                targets.append(target)
+                items.append(nxt.items[0])
+                payloads.append(nxt.payload[0])
+        if len(items) == 1:
+            return self
+        merged = Batch(fn_id, kind, targets, items, payloads, True, attempts)
+        merged.id = self.id
+        return merged
 
     def __len__(self) -> int:
         return len(self.items)
@@ -1145,33 +1173,7 @@ class Supervisor(FeederRegistry):
             # Coalesce single-task submits of known-tiny tasks into one
             # message, up to a fair share of what is pending.
             if b.split and len(b.items) == 1 and pending and self._task_samples and self._avg_task < 0.001:
-                share = max(1, min(64, len(pending) // max(1, n_workers)))
-                # One pass builds the merged batch's three lists (this runs
-                # for every task of an apply_async burst).
-                fn_id, kind, attempts = b.fn_id, b.kind, b.attempts
-                targets = [(b.job, b.indices[0]) if b.job is not None else b.targets[0]]
-                items, payloads = [b.items[0]], [b.payload[0]]
-                popleft = pending.popleft
-                while pending and len(items) < share:
-                    nxt = pending[0]
-                    if not (nxt.split and nxt.fn_id == fn_id and nxt.kind == kind and nxt.attempts == attempts
-                            and len(nxt.items) == 1):
-                        break
-                    popleft()
-                    job = nxt.job
-                    if job is not None:  # a single job's batch: no targets list to build
-                        target = (job, nxt.indices[0])
-                    else:
-                        target = nxt.targets[0]
-                        job = target[0]
-                    if job.start(target[1]):
-                        targets.append(target)
-                        items.append(nxt.items[0])
-                        payloads.append(nxt.payload[0])
-                if len(items) > 1:
-                    nb = Batch(fn_id, kind, targets, items, payloads, True, attempts)
-                    nb.id = b.id
-                    b = nb
+                b = b.merged_with(pending, max(1, min(64, len(pending) // max(1, n_workers))))
             return b
         return None
 

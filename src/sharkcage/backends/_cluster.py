@@ -956,19 +956,7 @@ class ClusterBackend(FeederRegistry):
             # Coalesce single-task submits into one remote call, up to a fair
             # share: a remote call costs far more than a local message.
             if b.split and len(b) == 1 and pending:
-                share = max(1, min(_MAX_COALESCE, len(pending) // self._slots))
-                merged = [b]
-                while pending and len(merged) < share:
-                    nxt = pending[0]
-                    if not (nxt.split and nxt.fn_id == b.fn_id and nxt.kind == b.kind
-                            and nxt.attempts == b.attempts and len(nxt) == 1):
-                        break
-                    pending.popleft()
-                    if nxt.targets[0][0].start(nxt.targets[0][1]):
-                        merged.append(nxt)
-                if len(merged) > 1:
-                    b = Batch(b.fn_id, b.kind, [m.targets[0] for m in merged], [m.items[0] for m in merged],
-                              [m.payload[0] for m in merged], True, b.attempts)
+                b = b.merged_with(pending, max(1, min(_MAX_COALESCE, len(pending) // self._slots)))
             return b
         return None
 
