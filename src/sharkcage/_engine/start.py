@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 
 from sharkcage.errors import UnsafeForkError
 
@@ -106,6 +107,33 @@ def _patch_preparation_data() -> None:
 def mark_own_thread(thread: threading.Thread) -> threading.Thread:
     setattr(thread, OWN_THREAD_ATTR, True)
     return thread
+
+
+def join_engine_thread(thread: threading.Thread, timeout: float | None, terminate) -> bool:
+    """Wait for an engine's own thread to end (a pool's ``join``); whether it did.
+
+    Waits in slices so Ctrl-C gets through: ``terminate(reason)`` then stops
+    the engine at once (guarantee 8) and the KeyboardInterrupt goes on, as
+    every other wait of sharkcage does. From the thread itself: False.
+
+    >>> t = threading.Thread(target=lambda: None); t.start()
+    >>> join_engine_thread(t, 5.0, print)
+    True
+    """
+    if threading.current_thread() is thread:
+        return False
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        while thread.is_alive():
+            left = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+            if left <= 0:
+                break
+            thread.join(left)
+    except KeyboardInterrupt:
+        terminate("the pool was stopped by KeyboardInterrupt")
+        thread.join(2.0)
+        raise
+    return not thread.is_alive()
 
 
 def foreign_threads() -> list[threading.Thread]:

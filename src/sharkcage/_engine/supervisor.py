@@ -614,25 +614,9 @@ class Supervisor(FeederRegistry):
         self._command("terminate", reason)
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the supervisor to finish (after close/terminate).
-
-        Waits in slices so Ctrl-C gets through: it stops the pool at once
-        (guarantee 8) and re-raises, as every other wait of sharkcage does.
-        """
-        if threading.current_thread() is self._thread:
-            return False
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            while self._thread.is_alive():
-                left = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
-                if left <= 0:
-                    break
-                self._thread.join(left)
-        except KeyboardInterrupt:
-            self.terminate("the pool was stopped by KeyboardInterrupt")
-            self._thread.join(2.0)
-            raise
-        return not self._thread.is_alive()
+        """Wait for the supervisor to finish (after close/terminate); Ctrl-C
+        stops the pool (``start.join_engine_thread``)."""
+        return start.join_engine_thread(self._thread, timeout, self.terminate)
 
     def has_started(self, job: Job) -> bool:
         """Whether a single-task job (a future) has started running in a

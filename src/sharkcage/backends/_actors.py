@@ -170,9 +170,8 @@ class ClusterActorBackend:
         self._calls.put(None)
 
     def join(self, timeout: float | None = None) -> bool:
-        if threading.current_thread() is not self._collector:
-            self._collector.join(timeout)
-        return not self._collector.is_alive()
+        """Wait for the collector to finish; Ctrl-C stops the actor (``start.join_engine_thread``)."""
+        return start.join_engine_thread(self._collector, timeout, self.terminate)
 
     # -- the collector thread ----------------------------------------------------
     def _kill(self) -> None:

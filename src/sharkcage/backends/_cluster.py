@@ -775,10 +775,8 @@ class ClusterBackend(FeederRegistry):
         self._events.put(("terminate", reason))
 
     def join(self, timeout: float | None = None) -> bool:
-        if threading.current_thread() is self._thread:
-            return False
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Wait for the dispatcher to finish; Ctrl-C stops the pool (``start.join_engine_thread``)."""
+        return start.join_engine_thread(self._thread, timeout, self.terminate)
 
     @property
     def closing(self) -> bool:
