@@ -78,6 +78,9 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         )
         self._progress = progress
         self._max_workers = self._backend.config.processes
+        # read once, as Pool does: submit() is a hot path
+        self._inline = getattr(self._backend, "inline_items", False)
+        self._arena = getattr(self._backend, "arena", None)
         self._finalizer = weakref.finalize(self, _finalize_backend, self._backend)
 
     def _check_open(self) -> None:
@@ -98,8 +101,8 @@ class ProcessPoolExecutor(concurrent.futures.Executor):
         future._sharkcage_job = job  # for cancel(); Future has a __dict__
         future._sharkcage_backend = self._backend
         item = (args, kwargs)
-        self._backend.submit_call(job, fn_id, CALL, item, batching.call_payload(
-            job, CALL, item, getattr(self._backend, "arena", None), getattr(self._backend, "inline_items", False)))
+        self._backend.submit_call(job, fn_id, CALL, item,
+                                  batching.call_payload(job, CALL, item, self._arena, self._inline))
         self._futures.add(future)
         return future
 

@@ -449,8 +449,7 @@ class Supervisor(FeederRegistry):
         pending batches, in order. Known-tiny tasks are merged up to a fair
         share of the run per worker (at most 64 a message), as ``_take_batch``
         merges one-call batches; tasks of unknown or long duration go one by one."""
-        merge = len(calls) > 1 and self._task_samples and self._avg_task < 0.001
-        share = max(1, min(64, len(calls) // max(1, self.config.processes))) if merge else 1
+        share = self._merge_share(len(calls), self.config.processes) if len(calls) > 1 else 1
         next_id, pending, i, n = self._next_batch, self.pending, 0, len(calls)
         while i < n:
             c = calls[i]
@@ -772,12 +771,6 @@ class Supervisor(FeederRegistry):
             tag = cmd[0]
             if tag == "submit":
                 batches = cmd[1]
-                if cmds and cmds[0][0] == "submit":
-                    # A burst of apply_async is thousands of one-batch
-                    # submits in a row: take the run of them at once.
-                    batches = list(batches)
-                    while cmds and cmds[0][0] == "submit":
-                        batches += cmds.popleft()[1]
                 if self.broken is not None:
                     for b in batches:
                         self._fail_batch(b, self.broken)
@@ -1156,10 +1149,20 @@ class Supervisor(FeederRegistry):
                 continue  # all cancelled while pending
             # Coalesce single-task submits of known-tiny tasks into one
             # message, up to a fair share of what is pending.
-            if b.split and len(b.items) == 1 and pending and self._task_samples and self._avg_task < 0.001:
-                b = b.merged_with(pending, max(1, min(64, len(pending) // max(1, n_workers))))
+            if b.split and len(b.items) == 1 and pending:
+                share = self._merge_share(len(pending), n_workers)
+                if share > 1:
+                    b = b.merged_with(pending, share)
             return b
         return None
+
+    def _merge_share(self, queued: int, n_workers: int) -> int:
+        """How many single calls go in one message: a fair share of the
+        ``queued`` ones per worker (at most 64), once tasks are known to be
+        tiny; else 1 (a long task must not hold others back)."""
+        if not (self._task_samples and self._avg_task < 0.001):
+            return 1
+        return max(1, min(64, queued // max(1, n_workers)))
 
     def _send_batch(self, w: _Worker, batch: Batch) -> None:
         if batch.fn_id not in w.fns:
