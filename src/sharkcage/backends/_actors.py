@@ -39,6 +39,8 @@ import traceback
 from sharkcage._engine import replies, serialize, start
 from sharkcage._engine import worker as worker_mod
 from sharkcage._engine.worker import CALL
+from sharkcage.actors import call_method
+from sharkcage.backends._cluster import _capture_logs, _exception_guard
 from sharkcage.errors import SharkcageError, TaskTimeoutError, WorkerCrashedError, WorkerInitError
 
 log = logging.getLogger("sharkcage")
@@ -64,9 +66,6 @@ class ActorHost:
 
     def run(self, call_id: int, payload: list, log_level: int):
         """One method call: ``(reply, log records)`` (see ``remote_run``)."""
-        from sharkcage.actors import call_method
-        from sharkcage.backends._cluster import _capture_logs, _exception_guard
-
         if self._init_error is not None:
             return ("fn_failed", call_id, self._init_error), []
         obj = self._obj
