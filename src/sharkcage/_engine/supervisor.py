@@ -298,7 +298,7 @@ class Supervisor(FeederRegistry):
     """The local engine behind Pool and ProcessPoolExecutor (see the module doc)."""
 
     # One-task batches may carry a call's plain (args, kwargs) unpickled
-    # (batching.single): the run message pickles them; workers take tuples as is.
+    # (batching.call_payload): the run message pickles them; workers take tuples as is.
     inline_items = True
 
     def __init__(self, config: PoolConfig):

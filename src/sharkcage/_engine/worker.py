@@ -573,7 +573,7 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, tim
                 if split:
                     item = raw_items[i]
                     # A tuple is a call's (args, kwargs) of plain data sent
-                    # inline (batching.single); anything else is a pickle.
+                    # inline (batching.call_payload); anything else is a pickle.
                     if type(item) is not tuple:
                         try:
                             item = serialize.loads_data(item, consume=False)
