@@ -207,3 +207,23 @@ def test_a_zygote_whose_parent_died_waits_for_its_workers_without_spinning():
             except psutil.NoSuchProcess:
                 pass
         psutil.wait_procs([z], timeout=5)
+
+
+def test_a_fork_pays_for_no_import_in_sharkcage_after_fork_handlers():
+    """sharkcage's after-fork handlers run in every forked child (the zygote's
+    birth is on each pool's startup path, a user's own fork too): they must
+    not import what the parent never imported. Importing the stdlib
+    forkserver there cost every fork ~15 ms."""
+    out = _run("""
+        import json, os, sys
+        import sharkcage
+        assert "multiprocessing.forkserver" not in sys.modules
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(w, json.dumps("multiprocessing.forkserver" in sys.modules).encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print(json.dumps({"child_imported_forkserver": json.loads(os.read(r, 100))}))
+    """)
+    assert out == {"child_imported_forkserver": False}

@@ -47,9 +47,10 @@ def _after_fork_in_child() -> None:
     # A forked child (start_method="fork", a user's own fork or stdlib
     # Process) inherits its parent's forkserver handle: that server is not
     # its child and not its to use; a pool made there starts its own.
-    try:
-        from multiprocessing import forkserver
-    except ImportError:
+    # Only a process that imported forkserver can hold one: importing it here
+    # would cost every fork (the zygote's is on a pool's startup path) ~15 ms.
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    if forkserver is None:
         return
     server = forkserver._forkserver
     if server._forkserver_pid is None:
