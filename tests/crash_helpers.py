@@ -138,3 +138,9 @@ def bad_item(side: str, kind: str):
     if side == "result_unpickle":
         return ReturnUnpickleFault(kind)
     raise ValueError(side)
+
+
+def task_in_pair(item):
+    """``task(item)`` nested in builtin containers: ``(item, [task(item)])``
+    for an int; the fault's carrier then sits one level down."""
+    return (item if isinstance(item, int) else -1, [task(item)])

@@ -325,6 +325,43 @@ def test_cell(pools, api, side, kind):
         assert after == before, f"workers replaced without a crash: {sorted(before - after)} -> {sorted(after - before)}"
 
 
+@pytest.mark.parametrize("side", ["result_pickle", "result_unpickle"])
+def test_a_faulty_result_nested_in_builtin_data_fails_only_its_own_task(pools, side):
+    """A chunk whose results are tuples and lists travels as one pickle when
+    every result is builtin data; one carrier nested inside them still fails
+    only its own item (the chunk goes item by item), and the others arrive."""
+    pool = pools["pool"]
+    items = items_with_fault(side, "error")
+    it = pool.imap(ch.task_in_pair, items, chunksize=N_ITEMS)  # one chunk: the fault among 7 plain results
+    for i in range(N_ITEMS):
+        if i == BAD:
+            check_outcome(raised(lambda: it.next(GET)), side, "error", BAD)
+        else:
+            assert it.next(GET) == (i, [expected_value(i)]), f"item {i}"
+    # All builtin: the whole chunk's results, nested, exactly as returned.
+    assert pool.map(ch.task_in_pair, range(N_ITEMS), chunksize=N_ITEMS) == [
+        (i, [expected_value(i)]) for i in range(N_ITEMS)
+    ]
+
+
+def test_a_batch_of_builtin_results_is_one_pickle_and_anything_else_goes_item_by_item():
+    """The worker's reply format: ``done`` (one pickle for the batch) when
+    every result is builtin data however nested, ``mixed`` (one per item)
+    as soon as one result holds anything whose unpickling could fail."""
+    import pickle
+
+    from sharkcage._engine import serialize, worker
+
+    plain = worker.run_batch(1, ch.task_in_pair, worker.MAP, serialize.dumps(list(range(5))), False)
+    assert plain[0] == "done", plain[0]
+    assert pickle.loads(plain[2]) == [(i, [i * i]) for i in range(5)]
+    items = [1, 2, ch.ReturnUnpickleFault("error")]
+    other = worker.run_batch(2, ch.task_in_pair, worker.MAP, serialize.dumps(items), False)
+    assert other[0] == "mixed", other[0]
+    assert [status for status, _ in other[2]] == [worker.OK] * 3
+    assert pickle.loads(other[2][0][1]) == (1, [1])
+
+
 def test_sysexit_in_task_keeps_its_worker(pools):
     """A task calling sys.exit() re-raises SystemExit; its very worker lives on."""
     pool = pools["pool"]

@@ -90,7 +90,6 @@ class Slot:
             except (BufferError, ValueError):
                 pass
 
-_SIMPLE = frozenset({int, float, str, bytes, bool, type(None), complex})
 ITEM_UNPICKLING, ITEM_PICKLING, ITEM_IN_CHUNK = -1, -2, -3
 
 
@@ -615,13 +614,13 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, tim
     q[SLOT_ITEM] = ITEM_PICKLING
     if outcomes is None:
         # One pickle for the whole batch only when no item can fail to
-        # unpickle in the parent (plain builtin values); otherwise one pickle
-        # per item, so such a failure lands on its own task.
-        if _SIMPLE.issuperset(map(type, results)):  # C speed: 3x the generator's
-            try:
-                return ("done", batch_id, serialize.dumps_data(results, arena))
-            except BaseException:  # noqa: BLE001 - find the culprit item by item
-                pass
+        # unpickle in the parent (builtin data all the way down, found out
+        # while pickling it); otherwise one pickle per item, so such a
+        # failure lands on its own task. Builtin data holds no buffer the
+        # arena would move: bytes and bytearray travel in the pickle anyway.
+        whole = serialize.dumps_plain(results)
+        if whole is not None:
+            return ("done", batch_id, whole)
         outcomes = [(OK, r) for r in results]
     packed = []
     for status, value in outcomes:
