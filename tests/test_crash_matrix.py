@@ -344,10 +344,12 @@ def test_a_faulty_result_nested_in_builtin_data_fails_only_its_own_task(pools, s
     ]
 
 
-def test_a_batch_of_builtin_results_is_one_pickle_and_anything_else_goes_item_by_item():
+def test_a_batch_travels_as_one_pickle_unless_a_result_fails_to_unpickle():
     """The worker's reply format: ``done`` (one pickle for the batch) when
-    every result is builtin data however nested, ``mixed`` (one per item)
-    as soon as one result holds anything whose unpickling could fail."""
+    every result is builtin data however nested, or unpickles in the worker;
+    ``mixed`` (one pickle per item, so the culprit alone fails in the
+    parent) as soon as one result cannot be unpickled."""
+    import fractions
     import pickle
 
     from sharkcage._engine import serialize, worker
@@ -355,8 +357,11 @@ def test_a_batch_of_builtin_results_is_one_pickle_and_anything_else_goes_item_by
     plain = worker.run_batch(1, ch.task_in_pair, worker.MAP, serialize.dumps(list(range(5))), False)
     assert plain[0] == "done", plain[0]
     assert pickle.loads(plain[2]) == [(i, [i * i]) for i in range(5)]
+    objects = worker.run_batch(2, fractions.Fraction, worker.MAP, serialize.dumps([1, 2, 3]), False)
+    assert objects[0] == "done", objects[0]
+    assert pickle.loads(objects[2]) == [fractions.Fraction(i) for i in (1, 2, 3)]
     items = [1, 2, ch.ReturnUnpickleFault("error")]
-    other = worker.run_batch(2, ch.task_in_pair, worker.MAP, serialize.dumps(items), False)
+    other = worker.run_batch(3, ch.task_in_pair, worker.MAP, serialize.dumps(items), False)
     assert other[0] == "mixed", other[0]
     assert [status for status, _ in other[2]] == [worker.OK] * 3
     assert pickle.loads(other[2][0][1]) == (1, [1])

@@ -99,6 +99,43 @@ def dumps_plain(obj: Any) -> bytes | None:
     return out.getvalue()
 
 
+def dumps_checked(values: list, buffer_limit: int) -> bytes | None:
+    """One pickle for a batch's results that are not all builtin data, if
+    each of them unpickles here; else None (the caller pickles item by item).
+
+    What unpickles in the worker unpickles in the parent (same code, same
+    environment), so trying it here keeps "a result that cannot be
+    unpickled fails only its own task" while the batch pays one pickle and
+    one memo: a class is named once, not once per item (2.9 -> 1.3 µs per
+    small object), and a ``__main__`` class cloudpickle carries by value is
+    carried once per batch instead of once per result. A buffer of at least
+    ``buffer_limit`` bytes (an array for shared memory) returns None before
+    anything is copied.
+
+    >>> from fractions import Fraction
+    >>> pickle.loads(dumps_checked([Fraction(1, 3), Fraction(2, 3)], 1 << 16))
+    [Fraction(1, 3), Fraction(2, 3)]
+    """
+
+    def in_band_if_small(buf) -> bool:
+        if buf.raw().nbytes >= buffer_limit:
+            raise _NotPlain
+        return True
+
+    try:
+        try:
+            data = pickle.dumps(values, PROTOCOL, buffer_callback=in_band_if_small)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            data = cloudpickle.dumps(values, PROTOCOL, buffer_callback=in_band_if_small)
+        else:
+            if b"__main__" in data:  # same rule as dumps()
+                data = cloudpickle.dumps(values, PROTOCOL, buffer_callback=in_band_if_small)
+        pickle.loads(data)
+    except BaseException:  # noqa: BLE001 - SystemExit in __setstate__ too: item by item names the culprit
+        return None
+    return data
+
+
 # SHM_WIRED: arguments and results go through dumps_data/loads_data, which
 # send buffers of at least the pool's shm_threshold through shared memory
 # (see shm.py); everything else is the plain pickle of dumps().

@@ -57,6 +57,9 @@ from sharkcage._engine.channel import ChannelClosed, WorkerEnd
 OK, RAISED, BAD_ARGUMENT, BAD_RESULT, SKIPPED = 0, 1, 2, 3, 4
 # batch kinds: how an item is applied to the function
 CALL, MAP, STARMAP = 0, 1, 2
+# Without a shared-memory arena (cluster engines), a result buffer this big
+# still goes item by item: no batch pickle copies it twice.
+_WHOLE_BUFFER_LIMIT = 1 << 20
 # slot fields: int64 batch id, int64 item index, float64 start time, int64 items done
 SLOT_BATCH, SLOT_ITEM, SLOT_START, SLOT_DONE = 0, 1, 2, 3
 SLOT_SIZE = 4
@@ -619,6 +622,9 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, tim
         # failure lands on its own task. Builtin data holds no buffer the
         # arena would move: bytes and bytearray travel in the pickle anyway.
         whole = serialize.dumps_plain(results)
+        if whole is None and n > 1:
+            # Anything else: one pickle too, when each result unpickles here.
+            whole = serialize.dumps_checked(results, arena.threshold if arena is not None else _WHOLE_BUFFER_LIMIT)
         if whole is not None:
             return ("done", batch_id, whole)
         outcomes = [(OK, r) for r in results]
