@@ -89,14 +89,29 @@ def dumps_plain(obj: Any) -> bytes | None:
     >>> dumps_plain([1, (2.0, "x"), {"k": [None, b"y"]}]) is not None, dumps_plain([1, object()])
     (True, None)
     """
-    out = io.BytesIO()
+    # A pickler is kept for reuse (making one costs more than pickling a
+    # one-call batch); pop/append keep two threads from sharing one.
     try:
-        _PlainPickler(out, PROTOCOL).dump(obj)
+        pickler, out = _plain_picklers.pop()
+    except IndexError:
+        out = io.BytesIO()
+        pickler = _PlainPickler(out, PROTOCOL)
+    try:
+        pickler.dump(obj)
+        return out.getvalue()
     except _NotPlain:
         return None
     except (RecursionError, MemoryError, ValueError, OverflowError):
         return None  # too deep or too big to do in one piece: the caller goes item by item
-    return out.getvalue()
+    finally:
+        pickler.clear_memo()
+        out.seek(0)
+        out.truncate()
+        if len(_plain_picklers) < 4:
+            _plain_picklers.append((pickler, out))
+
+
+_plain_picklers: list = []
 
 
 def dumps_checked(values: list, buffer_limit: int) -> bytes | None:
