@@ -1319,8 +1319,16 @@ class ClusterBackend(FeederRegistry):
         flights = list(self._inflight.values())
         self._inflight.clear()
         for f in flights:
-            self._fail_batch(f.batch, exc, [k for k in range(len(f.batch)) if k not in f.settled])
+            left = [k for k in range(len(f.batch)) if k not in f.settled]
+            self._fail_batch(f.batch, exc, left)
             f.kill = ("terminate",)
+            if not left:
+                # Every item is in (a streamed batch): only the call's return
+                # is left to run. Cancelling a call as it ends races the
+                # engine's own bookkeeping: Ray 2.x aborts the driver process
+                # ("Tried to complete task that was not pending"), seen when a
+                # pool left its `with` block right after an imap.
+                continue
             try:
                 self._stop_remote(f, force=True)
             except Exception:  # noqa: BLE001
