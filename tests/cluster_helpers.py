@@ -341,3 +341,12 @@ def start_ray(cpus: int = 2, timeout: float = 90.0) -> Cluster:
     _wait("the Ray head starting", lambda: "Ray runtime started" in c.log("head.log"), timeout, c)
     c.address = f"127.0.0.1:{port}"
     return c
+
+
+class SlowCounter(Counter):
+    """A Counter whose constructor takes ``seconds``: building an actor is
+    not one of its calls, so no call's task_timeout may count it."""
+
+    def __init__(self, seconds):
+        time.sleep(seconds)
+        super().__init__()

@@ -250,6 +250,17 @@ def test_an_actor_call_past_task_timeout_fails_alone(backend):
                     assert time.monotonic() < deadline
 
 
+def test_an_actors_construction_is_not_counted_in_its_first_calls_timeout(backend):
+    """task_timeout is per call: an actor whose constructor takes longer than
+    it still serves its first call (the clock starts once it is built)."""
+    if backend[0] == "dask":  # refuses task_timeout (above)
+        return
+    with pool(backend, task_timeout=1.5) as p:
+        counter = p.actor(ch.SlowCounter, 3)
+        assert counter.add(2) == 2
+        assert counter.add(1) == 3
+
+
 def test_apply_async_and_map_async_callbacks(backend):
     got, errors = [], []
     with pool(backend) as p:

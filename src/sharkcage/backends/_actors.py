@@ -20,6 +20,7 @@ Parent side, one :class:`ClusterActorBackend` per actor::
                          arguments, a RuntimeWarning says so; Dask calls
                          are made here, one at a time
     task_timeout (Ray)-> a call's clock starts when the call before it ended
+                         (or the actor was built, after a start or rebuild)
                          (the actor runs one at a time); past the limit the
                          actor is killed, that call fails with TaskTimeoutError
 
@@ -85,7 +86,8 @@ class ClusterActorBackend:
     ``engine`` makes the engine calls (``_RayActors``/``_DaskActors`` in
     ray.py/dask.py): ``start(build_data)``, ``call(handle, call_id, payload,
     log_level)``, ``wait(call, timeout)``, ``crash_cause(exc)`` (None when
-    the exception is not the actor's death), ``kill(handle)``.
+    the exception is not the actor's death), ``kill(handle)``; with a
+    task_timeout also ``ready(handle)`` (a call to wait for: the actor is built).
     """
 
     def __init__(self, engine, build_data: bytes, name: str, *, log_level: int, task_timeout=None,
@@ -103,6 +105,11 @@ class ClusterActorBackend:
         self._calls: queue.SimpleQueue = queue.SimpleQueue()  # (job, engine call); None: no more
         self._current = None  # the job whose call the collector waits for
         self._handle = engine.start(build_data)
+        # A call's task_timeout clock starts once the actor is built (as a
+        # local actor's constructor runs before its first call's clock), not
+        # while the engine starts its process: a probe queued ahead of every
+        # call says when (again after each rebuild).
+        self._ready = engine.ready(self._handle) if task_timeout is not None else None
         self._collector = start.mark_own_thread(threading.Thread(
             target=self._collect, name=f"sharkcage-actor-{name}", daemon=True))
         self._collector.start()
@@ -199,6 +206,9 @@ class ClusterActorBackend:
         """Wait for one call and deliver its outcome; when the next one's clock starts."""
         timeout = None
         if self._task_timeout is not None:
+            if self._ready is not None:
+                self._wait_built()
+                previous_end = max(previous_end, time.monotonic())
             # One call at a time on the actor: this one started when the one
             # before it ended (never earlier than that).
             timeout = max(0.0, previous_end + self._task_timeout - time.monotonic())
@@ -222,8 +232,10 @@ class ClusterActorBackend:
         elif self._engine.is_timeout(e):
             self._kill_for_timeout()
             err = TaskTimeoutError(self._task_timeout, task=what)
-            if self._engine.restarts and self._on_restart is not None:
-                self._on_restart(None, None)  # killed here: rebuilt by the engine
+            if self._engine.restarts:
+                self._probe_rebuilt()
+                if self._on_restart is not None:
+                    self._on_restart(None, None)  # killed here: rebuilt by the engine
         else:
             cause = self._engine.crash_cause(e)
             if cause is None:
@@ -231,9 +243,37 @@ class ClusterActorBackend:
                 err.__cause__ = e
             else:
                 err = WorkerCrashedError(task=what, cause=cause, replaced=self._engine.restarts)
-                if self._engine.restarts and self._on_restart is not None:
-                    self._on_restart(None, None)
+                if self._engine.restarts:
+                    self._probe_rebuilt()
+                    if self._on_restart is not None:
+                        self._on_restart(None, None)
         job.deliver(0, False, err)
+
+    def _wait_built(self) -> None:
+        probe, self._ready = self._ready, None
+        for _ in range(3):
+            try:
+                self._engine.wait(probe, None)  # ends when it is built, or raises when it is gone
+                return
+            except BaseException as e:  # noqa: BLE001 - the call itself reports what happened
+                # A probe sent as the old process was dying fails with it;
+                # sent again, it waits for the rebuilt one.
+                if not self._engine.restarts or self._state != "running" or self._engine.crash_cause(e) is None:
+                    return
+            try:
+                probe = self._engine.ready(self._handle)
+            except Exception:  # noqa: BLE001
+                return
+
+    def _probe_rebuilt(self) -> None:
+        # Queued before the caller hears of this failure, so ahead of the
+        # next call it makes: that call's clock waits for the rebuild.
+        if self._task_timeout is None:
+            return
+        try:
+            self._ready = self._engine.ready(self._handle)
+        except Exception:  # noqa: BLE001 - then the clock starts now, as before
+            log.debug("probing actor %s failed", self._name, exc_info=True)
 
     def _kill_for_timeout(self) -> None:
         try:

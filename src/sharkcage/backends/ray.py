@@ -275,6 +275,9 @@ class _RayActors:
     def wait(self, ref, timeout):
         return self._ray.get(ref, timeout=timeout)
 
+    def ready(self, handle):
+        return handle.__ray_ready__.remote()  # an actor task: runs once the constructor has
+
     def is_timeout(self, e: BaseException) -> bool:
         return isinstance(e, self._ray.exceptions.GetTimeoutError)
 
