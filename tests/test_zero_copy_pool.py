@@ -66,6 +66,17 @@ def test_big_arrays_in_and_out(pool):
     assert stats.shm_bytes >= 5 * a.nbytes + out.nbytes
 
 
+def test_big_results_of_one_chunk_each_go_through_shared_memory(pool):
+    """A chunk whose results are big arrays is not sent as one in-band pickle
+    (the batch pickle stops at the first big buffer): each array still
+    travels through shared memory, and arrives writable."""
+    before = pool.stats().shm_bytes
+    outs = pool.starmap(sh.make_array, [(2 * MB // 8, float(k)) for k in range(3)], chunksize=3)
+    assert [float(o[0]) for o in outs] == [0.0, 1.0, 2.0]
+    assert all(o.flags.writeable for o in outs)
+    assert pool.stats().shm_bytes - before >= 3 * 2 * MB
+
+
 def test_what_a_task_receives(pool):
     sent = [np.ones(MB), bytes(2 * MB), bytearray(2 * MB), memoryview(np.ones((512, 512))),
             np.asfortranarray(np.ones((512, 512))), np.arange(4 * MB // 8.0)[::2]]

@@ -133,7 +133,7 @@ def dumps_checked(values: list, buffer_limit: int) -> bytes | None:
     """
 
     def in_band_if_small(buf) -> bool:
-        if buf.raw().nbytes >= buffer_limit:
+        if memoryview(buf).nbytes >= buffer_limit:
             raise _NotPlain
         return True
 
