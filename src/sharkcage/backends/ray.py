@@ -214,6 +214,17 @@ class RayBackend(ClusterBackend):
         if flight.handle is None:
             return
         try:
+            # A call that has ended is not cancelled: a cancel that meets a
+            # call's reply on the way can abort this process (a Ray check,
+            # "Tried to complete task that was not pending"). This narrows
+            # that race to a call ending at this very moment.
+            ended = flight.handle.completed() if flight.stream else flight.handle
+            ready, _ = self._ray.wait([ended], timeout=0, fetch_local=False)
+            if ready:
+                return
+        except Exception:  # noqa: BLE001 - cannot tell: cancel as before
+            log.debug("ray.wait before ray.cancel failed", exc_info=True)
+        try:
             # force=True kills the worker process if the task runs; a queued
             # task is only dropped either way.
             self._ray.cancel(flight.handle, force=force, recursive=True)
