@@ -92,6 +92,20 @@ def test_what_a_task_receives(pool):
     assert not memoryview(back[3]).readonly and back[2] == sent[2]
 
 
+def test_big_bytes_and_str_results_go_through_shared_memory_too(pool):
+    """Guarantee 12 for results that are builtin data: a big bytes, bytearray
+    or str result is not sent in the pickle of its batch, alone or in a chunk."""
+    sent = [bytes(2 * MB), bytearray(2 * MB), "s" * (2 * MB)]
+    before = pool.stats().shm_bytes
+    back = pool.map(sh.identity, sent, chunksize=3)  # one chunk, three big results
+    assert back == sent and [type(b) for b in back] == [bytes, bytearray, str]
+    one = pool.apply(sh.identity, (sent[0],))
+    assert one == sent[0]
+    moved = pool.stats().shm_bytes - before
+    # arguments (2 MB x 4) and results (2 MB x 4) both
+    assert moved >= 2 * 4 * 2 * MB, moved
+
+
 def test_arguments_behave_like_copies(pool):
     a = np.ones(MB // 8)
     assert pool.apply(sh.scale_in_place, (a, 5.0)) == 5.0
