@@ -289,6 +289,7 @@ class BufferArena:
     """
 
     enabled = True
+    moves_payloads = False  # bytes, bytearray and str stay in the pickle: the cluster carries it
 
     def __init__(self, threshold: int = 1 << 20):
         self.threshold = threshold

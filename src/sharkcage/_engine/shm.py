@@ -656,6 +656,8 @@ class SegmentArena:
     820000
     """
 
+    moves_payloads = True  # a big bytes/bytearray/str payload goes to a segment too (guarantee 12)
+
     def __init__(self, prefix: str, threshold: int = DEFAULT_THRESHOLD, start_tracker: bool = True):
         if not prefix or "/" in prefix or len(prefix) > 200:
             raise ValueError(f"a segment prefix must be a short name without '/', not {prefix!r}")

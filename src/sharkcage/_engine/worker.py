@@ -625,7 +625,7 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, tim
             # Anything else: one pickle too, when each result unpickles here.
             whole = serialize.dumps_checked(results, arena.threshold if arena is not None else _WHOLE_BUFFER_LIMIT)
         if whole is not None:
-            if arena is not None and arena.enabled and len(whole) >= arena.threshold:
+            if arena is not None and arena.enabled and arena.moves_payloads and len(whole) >= arena.threshold:
                 # It may hold one big bytes, bytearray or str: the arena moves
                 # that through shared memory (guarantee 12), as pickled again.
                 try:
