@@ -78,9 +78,11 @@ class _PlainPickler(pickle.Pickler):
         raise _NotPlain
 
 
-def dumps_plain(obj: Any) -> bytes | None:
+def dumps_plain(obj: Any, arena=None) -> bytes | None:
     """The pickle of ``obj`` if it is builtin data all the way down (nothing
     whose unpickling could run code, import a module or fail), else None.
+    With a shared-memory ``arena`` (one that moves big bytes, bytearray and
+    str payloads), those go to its segments as in :func:`dumps_data`.
 
     One pass at ``pickle.dumps`` speed: a worker sends a whole batch's
     results as one pickle only when no single result can fail to unpickle
@@ -89,6 +91,8 @@ def dumps_plain(obj: Any) -> bytes | None:
     >>> dumps_plain([1, (2.0, "x"), {"k": [None, b"y"]}]) is not None, dumps_plain([1, object()])
     (True, None)
     """
+    if arena is not None and arena.enabled and getattr(arena, "moves_payloads", False):
+        return arena.dumps_only(obj, _PlainPickler, _NotPlain)
     # A pickler is kept for reuse (making one costs more than pickling a
     # one-call batch); pop/append keep two threads from sharing one.
     try:

@@ -668,6 +668,7 @@ class SegmentArena:
         self.enabled = available()
         self._counter = itertools.count()
         self._free: list[_Dumper] = []
+        self._free_only: dict[type, list[_Dumper]] = {}  # dumps_only's, per pickler class
         self._lock = threading.Lock()
         self.bytes_shared = 0  # bytes this arena wrote to shared memory
         self.bytes_received = 0  # bytes loads() attached through this arena
@@ -719,6 +720,39 @@ class SegmentArena:
             self._account(dumper)
             if owned:
                 data = _owned_envelope(data, [seg.name for seg in dumper.segments])
+        dumper.reset()
+        if len(free) < 4:
+            free.append(dumper)
+        return data
+
+    def dumps_only(self, obj: Any, pickler_cls, refused: type) -> bytes | None:
+        """:meth:`dumps` of a result (not owned) with ``pickler_cls``, a Pickler
+        that raises ``refused`` at what it will not pickle; None then, or on
+        any other failure (the caller goes item by item, where each failure is
+        named). Big payloads still go to segments: one pass, no second pickle.
+
+        >>> from sharkcage._engine import serialize
+        >>> arena = SegmentArena("sc-doctest-only", threshold=1 << 16)
+        >>> data = arena.dumps_only(["x" * 100_000, 1], serialize._PlainPickler, serialize._NotPlain)
+        >>> data[:len(MAGIC)] == MAGIC, arena.loads(data)[1]
+        (True, 1)
+        >>> arena.dumps_only([object()], serialize._PlainPickler, serialize._NotPlain) is None
+        True
+        """
+        free = self._free_only.setdefault(pickler_cls, [])
+        dumper = free.pop() if free else _Dumper(self, pickler_cls)
+        try:
+            data = dumper.dump(obj)
+        except refused:
+            dumper.abort()
+            dumper.reset()  # refused before a segment was made: the pickler is reusable
+            if len(free) < 4:
+                free.append(dumper)
+            return None
+        except BaseException:  # noqa: BLE001 - too deep, /dev/shm full...: no segment of it survives
+            dumper.abort()
+            return None
+        self._account(dumper)
         dumper.reset()
         if len(free) < 4:
             free.append(dumper)

@@ -620,20 +620,20 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, tim
         # unpickle in the parent (builtin data all the way down, found out
         # while pickling it); otherwise one pickle per item, so such a
         # failure lands on its own task.
-        whole = serialize.dumps_plain(results)
+        whole = serialize.dumps_plain(results, arena)
         if whole is None and n > 1:
             # Anything else: one pickle too, when each result unpickles here.
             whole = serialize.dumps_checked(results, arena.threshold if arena is not None else _WHOLE_BUFFER_LIMIT)
-        if whole is not None:
-            if arena is not None and arena.enabled and arena.moves_payloads and len(whole) >= arena.threshold:
-                # It may hold one big bytes, bytearray or str: the arena moves
-                # that through shared memory (guarantee 12), as pickled again.
+            if whole is not None and arena is not None and arena.enabled and arena.moves_payloads \
+                    and len(whole) >= arena.threshold:
+                # It may hold a big bytes, bytearray or str: the arena moves
+                # that through shared memory (guarantee 12), pickled again.
                 try:
                     whole = serialize.dumps_data(results, arena)
                 except BaseException:  # noqa: BLE001 - /dev/shm full, say: item by item names the task
                     whole = None
-            if whole is not None:
-                return ("done", batch_id, whole)
+        if whole is not None:
+            return ("done", batch_id, whole)
         outcomes = [(OK, r) for r in results]
     packed = []
     for status, value in outcomes:
