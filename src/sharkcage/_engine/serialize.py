@@ -33,7 +33,7 @@ from sharkcage.errors import RemoteError, SerializationError
 PROTOCOL = 5
 
 
-def dumps(obj: Any) -> bytes:
+def dumps(obj: Any, buffer_callback=None) -> bytes:
     """Pickle data: plain pickle first, cloudpickle when that is not enough.
 
     Plain pickle refers to classes and functions of ``__main__`` by name,
@@ -46,11 +46,11 @@ def dumps(obj: Any) -> bytes:
     :class:`SerializationError` naming the task and direction.
     """
     try:
-        data = pickle.dumps(obj, PROTOCOL)
+        data = pickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback)
     except (pickle.PicklingError, TypeError, AttributeError):
-        return cloudpickle.dumps(obj, PROTOCOL)
+        return cloudpickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback)
     if b"__main__" in data:
-        return cloudpickle.dumps(obj, PROTOCOL)
+        return cloudpickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback)
     return data
 
 
@@ -91,7 +91,7 @@ def dumps_plain(obj: Any, arena=None) -> bytes | None:
     >>> dumps_plain([1, (2.0, "x"), {"k": [None, b"y"]}]) is not None, dumps_plain([1, object()])
     (True, None)
     """
-    if arena is not None and arena.enabled and getattr(arena, "moves_payloads", False):
+    if _moves_payloads(arena):
         return arena.dumps_only(obj, _PlainPickler, _NotPlain)
     # A pickler is kept for reuse (making one costs more than pickling a
     # one-call batch); pop/append keep two threads from sharing one.
@@ -103,10 +103,8 @@ def dumps_plain(obj: Any, arena=None) -> bytes | None:
     try:
         pickler.dump(obj)
         return out.getvalue()
-    except _NotPlain:
+    except BaseException:  # noqa: BLE001 - not builtin, too deep, too big: the caller goes item by item
         return None
-    except (RecursionError, MemoryError, ValueError, OverflowError):
-        return None  # too deep or too big to do in one piece: the caller goes item by item
     finally:
         pickler.clear_memo()
         out.seek(0)
@@ -118,7 +116,16 @@ def dumps_plain(obj: Any, arena=None) -> bytes | None:
 _plain_picklers: list = []
 
 
-def dumps_checked(values: list, buffer_limit: int) -> bytes | None:
+def _moves_payloads(arena) -> bool:
+    """Whether ``arena`` sends big bytes/bytearray/str payloads through
+    shared memory (a pool's SegmentArena; a cluster's BufferArena does not)."""
+    return arena is not None and arena.enabled and getattr(arena, "moves_payloads", False)
+
+
+_WHOLE_BUFFER_LIMIT = 1 << 20  # without an arena: a buffer this big goes item by item, not copied twice
+
+
+def dumps_checked(values: list, arena=None) -> bytes | None:
     """One pickle for a batch's results that are not all builtin data, if
     each of them unpickles here; else None (the caller pickles item by item).
 
@@ -128,28 +135,26 @@ def dumps_checked(values: list, buffer_limit: int) -> bytes | None:
     one memo: a class is named once, not once per item (2.9 -> 1.3 µs per
     small object), and a ``__main__`` class cloudpickle carries by value is
     carried once per batch instead of once per result. A buffer of at least
-    ``buffer_limit`` bytes (an array for shared memory) returns None before
-    anything is copied.
+    the arena's threshold (an array for shared memory) returns None before
+    anything is copied; a pickle that big may hold a big bytes or str, which
+    a shared-memory arena moves: it is pickled again through it.
 
     >>> from fractions import Fraction
-    >>> pickle.loads(dumps_checked([Fraction(1, 3), Fraction(2, 3)], 1 << 16))
+    >>> pickle.loads(dumps_checked([Fraction(1, 3), Fraction(2, 3)]))
     [Fraction(1, 3), Fraction(2, 3)]
     """
+    limit = arena.threshold if arena is not None else _WHOLE_BUFFER_LIMIT
 
     def in_band_if_small(buf) -> bool:
-        if memoryview(buf).nbytes >= buffer_limit:
+        if memoryview(buf).nbytes >= limit:
             raise _NotPlain
         return True
 
     try:
-        try:
-            data = pickle.dumps(values, PROTOCOL, buffer_callback=in_band_if_small)
-        except (pickle.PicklingError, TypeError, AttributeError):
-            data = cloudpickle.dumps(values, PROTOCOL, buffer_callback=in_band_if_small)
-        else:
-            if b"__main__" in data:  # same rule as dumps()
-                data = cloudpickle.dumps(values, PROTOCOL, buffer_callback=in_band_if_small)
+        data = dumps(values, buffer_callback=in_band_if_small)
         pickle.loads(data)
+        if len(data) >= limit and _moves_payloads(arena):
+            data = dumps_data(values, arena)
     except BaseException:  # noqa: BLE001 - SystemExit in __setstate__ too: item by item names the culprit
         return None
     return data

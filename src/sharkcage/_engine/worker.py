@@ -57,9 +57,6 @@ from sharkcage._engine.channel import ChannelClosed, WorkerEnd
 OK, RAISED, BAD_ARGUMENT, BAD_RESULT, SKIPPED = 0, 1, 2, 3, 4
 # batch kinds: how an item is applied to the function
 CALL, MAP, STARMAP = 0, 1, 2
-# Without a shared-memory arena (cluster engines), a result buffer this big
-# still goes item by item: no batch pickle copies it twice.
-_WHOLE_BUFFER_LIMIT = 1 << 20
 # slot fields: int64 batch id, int64 item index, float64 start time, int64 items done
 SLOT_BATCH, SLOT_ITEM, SLOT_START, SLOT_DONE = 0, 1, 2, 3
 SLOT_SIZE = 4
@@ -623,15 +620,7 @@ def run_batch(batch_id: int, fn, kind: int, payload, split: bool, slot=None, tim
         whole = serialize.dumps_plain(results, arena)
         if whole is None and n > 1:
             # Anything else: one pickle too, when each result unpickles here.
-            whole = serialize.dumps_checked(results, arena.threshold if arena is not None else _WHOLE_BUFFER_LIMIT)
-            if whole is not None and arena is not None and arena.enabled and arena.moves_payloads \
-                    and len(whole) >= arena.threshold:
-                # It may hold a big bytes, bytearray or str: the arena moves
-                # that through shared memory (guarantee 12), pickled again.
-                try:
-                    whole = serialize.dumps_data(results, arena)
-                except BaseException:  # noqa: BLE001 - /dev/shm full, say: item by item names the task
-                    whole = None
+            whole = serialize.dumps_checked(results, arena)
         if whole is not None:
             return ("done", batch_id, whole)
         outcomes = [(OK, r) for r in results]
