@@ -232,10 +232,7 @@ class ClusterActorBackend:
         elif self._engine.is_timeout(e):
             self._kill_for_timeout()
             err = TaskTimeoutError(self._task_timeout, task=what)
-            if self._engine.restarts:
-                self._probe_rebuilt()
-                if self._on_restart is not None:
-                    self._on_restart(None, None)  # killed here: rebuilt by the engine
+            self._rebuilding()  # killed here: rebuilt by the engine (restart=True)
         else:
             cause = self._engine.crash_cause(e)
             if cause is None:
@@ -243,10 +240,7 @@ class ClusterActorBackend:
                 err.__cause__ = e
             else:
                 err = WorkerCrashedError(task=what, cause=cause, replaced=self._engine.restarts)
-                if self._engine.restarts:
-                    self._probe_rebuilt()
-                    if self._on_restart is not None:
-                        self._on_restart(None, None)
+                self._rebuilding()
         job.deliver(0, False, err)
 
     def _wait_built(self) -> None:
@@ -265,15 +259,20 @@ class ClusterActorBackend:
             except Exception:  # noqa: BLE001
                 return
 
-    def _probe_rebuilt(self) -> None:
-        # Queued before the caller hears of this failure, so ahead of the
-        # next call it makes: that call's clock waits for the rebuild.
-        if self._task_timeout is None:
+    def _rebuilding(self) -> None:
+        """The actor died or was killed: with restart=True the engine rebuilds
+        it; say so, and (with a task_timeout) probe for the rebuilt one."""
+        if not self._engine.restarts:
             return
-        try:
-            self._ready = self._engine.ready(self._handle)
-        except Exception:  # noqa: BLE001 - then the clock starts now, as before
-            log.debug("probing actor %s failed", self._name, exc_info=True)
+        if self._task_timeout is not None:
+            # Queued before the caller hears of this failure, so ahead of the
+            # next call it makes: that call's clock waits for the rebuild.
+            try:
+                self._ready = self._engine.ready(self._handle)
+            except Exception:  # noqa: BLE001 - then the clock starts now, as before
+                log.debug("probing actor %s failed", self._name, exc_info=True)
+        if self._on_restart is not None:
+            self._on_restart(None, None)
 
     def _kill_for_timeout(self) -> None:
         try:
