@@ -14,6 +14,7 @@ address=address)``; ``local`` runs the same assertions on the local engine.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import itertools
 import logging
 import subprocess
@@ -335,6 +336,65 @@ def test_a_task_error_keeps_its_type_and_traceback(backend):
             p.apply(ch.sys_exit, (3,))
         assert exit_info.value.code == 3  # Dask's tblib reducers must not eat `code`
         assert p.apply(ch.square, (3,)) == 9
+
+
+def test_one_call_per_task_many_in_flight_each_outcome_its_own(backend):
+    # chunksize=1: hundreds of remote calls, started in groups (Dask: one
+    # client.map each) and collected in groups (one gather / one ray.get for
+    # many); each outcome must still land on its own task, in order.
+    n = 300
+    with pool(backend) as p:
+        assert p.map(ch.square, range(n), chunksize=1) == [x * x for x in range(n)]
+        it = p.imap(functools.partial(ch.raise_mysql_at, bad=150), range(n), 1)
+        out = []
+        for _ in range(n):
+            try:
+                out.append(it.next(60))
+            except ch.MysqlStyleError as err:
+                out.append(err.errno)
+        assert out == [x * x if x != 150 else 1150 for x in range(n)]
+        with executor(backend) as ex:
+            futures = [ex.submit(ch.square, x) for x in range(n)]
+            assert [f.result(60) for f in futures] == [x * x for x in range(n)]
+
+
+def test_exception_guard_leaves_tblib_to_other_threads():
+    """Dask's workers pickle exceptions with tblib; sharkcage's tasks must
+    not (SystemExit(3).code would arrive as None), and must not take tblib
+    away from anything else running in the worker meanwhile."""
+    pytest.importorskip("distributed")
+    import copyreg
+    import pickle
+    import threading
+
+    import distributed  # noqa: F401 - installs tblib's reducers for every exception class
+    import tblib.pickling_support
+
+    from sharkcage.backends._cluster import _exception_guard
+
+    def reducer_module():
+        return copyreg.dispatch_table[SystemExit](SystemExit(3))[0].__module__
+
+    other = {}
+    entered, checked = threading.Event(), threading.Event()
+
+    def elsewhere():
+        entered.wait(10)
+        other["module"] = reducer_module()
+        checked.set()
+
+    t = threading.Thread(target=elsewhere)
+    t.start()
+    with _exception_guard():
+        entered.set()
+        assert pickle.loads(pickle.dumps(SystemExit(3))).code == 3
+        assert checked.wait(10)
+        # Dask registers tblib again for each exception it reports
+        tblib.pickling_support.install(SystemExit)
+        assert pickle.loads(pickle.dumps(SystemExit(3))).code == 3
+    t.join(10)
+    assert other["module"].startswith("tblib")  # another thread, at the same time: tblib's
+    assert reducer_module().startswith("tblib")  # and this one, once the task is over
 
 
 def test_seed_003_exception_is_a_remote_error_and_the_original_class(backend):

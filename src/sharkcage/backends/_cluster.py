@@ -427,65 +427,92 @@ def restore_buffers(reply, arrays: list):
     return map_reply(reply, put)
 
 
+_rss_read = (0.0, None)  # (when, value): the last reading
+
+
 def _rss() -> int | None:
+    """This worker's resident memory, read at most every 0.1 s (a read
+    costs ~17 µs: much of a tiny task's time, for a statistic)."""
+    global _rss_read
+    now = time.monotonic()
+    if now - _rss_read[0] < 0.1:
+        return _rss_read[1]
     try:
         with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            value = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
-        return None
+        value = None
+    _rss_read = (now, value)
+    return value
 
 
 _HOST = socket.gethostname()
 
 
+_plain = threading.local()  # .on > 0: this thread is running a sharkcage task (pickle exceptions plainly)
 _plain_lock = threading.Lock()
-_plain_depth = 0
-_plain_hidden: dict = {}
-_tblib_scanned: tuple = (-1, [])  # (size of copyreg's table when scanned, tblib's exception classes)
+_plain_seen = -1  # size of copyreg's table when it was last looked through
+_plain_wrappers: dict = {}  # tblib's reducer -> its wrapper
+
+
+def _plain_or(reducer):
+    """``reducer`` (tblib's), except on a thread running a sharkcage task,
+    where the exception pickles as it would anywhere else."""
+    wrapper = _plain_wrappers.get(reducer)
+    if wrapper is None:
+        def wrapper(obj, *args, **kwargs):
+            if getattr(_plain, "on", False):
+                return obj.__reduce_ex__(serialize.PROTOCOL)  # what pickle does without a table entry
+            return reducer(obj, *args, **kwargs)
+
+        wrapper.__module__ = __name__
+        wrapper.sharkcage_wraps = reducer
+        _plain_wrappers[reducer] = wrapper
+    return wrapper
 
 
 class _PlainExceptionPickling:
-    """Hide tblib's exception reducers from ``copyreg`` while our tasks run.
+    """Pickle exceptions without tblib's reducers while our tasks run.
 
     Dask workers install tblib's ``pickling_support`` for every exception
     class; its reducer rebuilds an exception with ``__new__`` and attribute
     copies, so ``SystemExit(3).code`` arrives as None, ``OSError.errno`` is
     lost, and an exception that cannot survive pickle (seed 003) seems to
-    round-trip and never becomes a RemoteError. Counted, so concurrent tasks
-    of a multi-threaded worker share one hiding; Dask's own error reports
-    (which want tblib) pickle tracebacks, not our exceptions.
+    round-trip and never becomes a RemoteError. Each of tblib's entries in
+    ``copyreg``'s table is wrapped once (and tblib's module function, which
+    Dask registers again for the exceptions it reports): the wrapper defers
+    to tblib except on a thread inside this guard, so Dask's own error
+    reports and other tasks on the worker keep tblib's pickling, and
+    entering the guard costs a flag, not a pass over the table (it was
+    ~60 µs a task with the entries taken out and put back each time).
     """
 
     def __enter__(self):
-        global _plain_depth, _tblib_scanned
-        with _plain_lock:
-            if _plain_depth == 0:
-                import copyreg
+        global _plain_seen
+        import copyreg
 
-                table = copyreg.dispatch_table
-                if len(table) != _tblib_scanned[0]:  # tblib registered more: look again
-                    _tblib_scanned = (len(table), [
-                        cls for cls, reducer in list(table.items())
-                        if isinstance(cls, type) and issubclass(cls, BaseException)
-                        and getattr(reducer, "__module__", "").startswith("tblib")])
-                for cls in _tblib_scanned[1]:
-                    reducer = table.pop(cls, None)
-                    if reducer is not None:
-                        _plain_hidden[cls] = reducer
-            _plain_depth += 1
+        table = copyreg.dispatch_table
+        if len(table) != _plain_seen:  # entries were added: wrap tblib's
+            with _plain_lock:
+                self._wrap_tblib(table)
+                _plain_seen = len(table)
+        _plain.on = getattr(_plain, "on", 0) + 1
+
+    @staticmethod
+    def _wrap_tblib(table) -> None:
+        import sys
+
+        module = sys.modules.get("tblib.pickling_support")
+        original = getattr(module, "pickle_exception", None)
+        if callable(original) and getattr(original, "__module__", "").startswith("tblib"):
+            module.pickle_exception = _plain_or(original)  # what tblib's install() registers from now on
+        for cls, reducer in list(table.items()):
+            if (isinstance(cls, type) and issubclass(cls, BaseException)
+                    and getattr(reducer, "__module__", "").startswith("tblib")):
+                table[cls] = _plain_or(reducer)
 
     def __exit__(self, *exc_info):
-        global _plain_depth, _tblib_scanned
-        with _plain_lock:
-            _plain_depth -= 1
-            if _plain_depth == 0:
-                import copyreg
-
-                for cls, reducer in _plain_hidden.items():
-                    copyreg.dispatch_table.setdefault(cls, reducer)
-                _plain_hidden.clear()
-                _tblib_scanned = (len(copyreg.dispatch_table), _tblib_scanned[1])
-
+        _plain.on -= 1
 
 def _exception_guard():
     """The guard above where tblib is loaded (Dask workers), nothing elsewhere."""
