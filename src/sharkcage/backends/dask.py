@@ -5,8 +5,9 @@
 cluster object (``LocalCluster``, ...). Importing this module does not import
 Dask; building the backend does.
 
-Each batch is one ``client.submit`` of ``remote_run`` (``_cluster.py`` has
-the shared machinery and its data flow). A worker lost (``KilledWorker``)
+Each batch is one remote call of ``remote_run`` (``_cluster.py`` has the
+shared machinery and its data flow); calls started together are one
+``client.map``, and finished short calls share one ``gather``. A worker lost (``KilledWorker``)
 reruns the batch's items one by one; a single item that gets KilledWorker
 reruns alone (nothing else of the pool in flight), and only if it kills its
 workers again is it that task's WorkerCrashedError (after ``retries``):
@@ -26,6 +27,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import time
 from typing import Any
 
 from sharkcage._engine import serialize, start
@@ -38,11 +40,21 @@ from sharkcage.backends._cluster import (
     _Fn,
     _nbytes,
     check_options,
+    pack_call,
     remote_run,
+    remote_run_pickled,
 )
 log = logging.getLogger("sharkcage")
 
 _SCATTER_BYTES = 1 << 20  # payloads from this size are scattered to a worker, not sent in the task
+_LINGER = 0.05  # seconds the collector may wait for more finished short calls to gather together
+
+
+def _call(args: tuple) -> tuple:
+    """``(function, arguments)`` of the remote call for ``args``: one pickle
+    where it can be (``pack_call``)."""
+    blob = pack_call(args)
+    return (remote_run, args) if blob is None else (remote_run_pickled, (blob,))
 
 
 def _hold(data):
@@ -55,7 +67,7 @@ def _hold(data):
 class DaskBackend(ClusterBackend):
     """Runs a pool's tasks on a Dask cluster (``Pool(backend="dask", address=...)``).
 
-    Every batch is one ``client.submit`` of :func:`remote_run`. A task whose
+    Every batch is one remote call of :func:`remote_run`. A task whose
     worker dies is rerun by the scheduler (``distributed.scheduler.allowed-failures``,
     default 3). Dask then reports ``KilledWorker`` for every task that was
     *processing* on the dying workers, queued ones included; so such a task
@@ -127,9 +139,26 @@ class DaskBackend(ClusterBackend):
             # task runs where it landed.
             [flight.deps] = self.client.scatter([payload], hash=False)
             args = args[:-1] + (flight.deps,)
-        fut = self.client.submit(remote_run, *args, key=flight.key, pure=False, retries=0)
+        fn, args = _call(args)
+        fut = self.client.submit(fn, *args, key=flight.key, pure=False, retries=0)
         fut.add_done_callback(lambda f, key=flight.key: self._collect_q.put((key, f)))
         return fut
+
+    def _launch_many(self, group: list) -> list | None:
+        # One client.map: one graph update for all of them, where a submit
+        # each costs the client and the scheduler a message and a graph
+        # update per call (what one remote call per task spends most on).
+        if any(sum(_nbytes(p) for p in (a[-1] if isinstance(a[-1], list) else [a[-1]])) >= _SCATTER_BYTES
+               for _f, a in group):
+            return None  # a big payload is scattered first: one by one
+        calls = [_call(a) for _f, a in group]
+        if any(fn is not calls[0][0] for fn, _a in calls):
+            return None  # a mix: one by one
+        futures = self.client.map(calls[0][0], *zip(*(a for _fn, a in calls)), key=[f.key for f, _a in group],
+                                  pure=False, retries=0)
+        for (f, _a), fut in zip(group, futures):
+            fut.add_done_callback(lambda done, key=f.key: self._collect_q.put((key, done)))
+        return futures
 
     def _may_stop(self, f: Flight, job: Job, running: bool) -> bool:
         # Dask cannot interrupt a running task, so cancelling its future only
@@ -169,15 +198,18 @@ class DaskBackend(ClusterBackend):
             if item is None:
                 return
             batch = [item]
-            while True:
-                try:
-                    nxt = self._collect_q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._collect_q.put(None)
-                    break
-                batch.append(nxt)
+            self._drain(batch)
+            if self._short_calls():
+                # Short calls: let the next finished ones share this gather,
+                # until half of those in flight are in (the workers still have
+                # the other half to run) or _LINGER passed. Each gather costs
+                # the scheduler and a worker a round trip (the scheduler relays
+                # the data), which with one call per tiny task cost more than
+                # the tasks.
+                self._drain(batch, want=len(self._inflight) // 2, until=time.monotonic() + _LINGER)
+            if batch[-1] is None:
+                batch.pop()
+                self._collect_q.put(None)
             finished = [(k, f) for k, f in batch if f.status == "finished"]
             others = [(k, f) for k, f in batch if f.status != "finished"]
             if len(finished) > 1:
@@ -191,6 +223,24 @@ class DaskBackend(ClusterBackend):
                     finished = []
             for k, f in finished + others:
                 self._collect_one(k, f)
+
+    def _drain(self, batch: list, want: int = 0, until: float = 0.0) -> None:
+        """Append what the collect queue holds now; with ``want``, wait until
+        ``batch`` has that many or the clock passes ``until``. Stops after a
+        None (the end)."""
+        while batch[-1] is not None:
+            try:
+                batch.append(self._collect_q.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            left = until - time.monotonic()
+            if len(batch) >= want or left <= 0:
+                return
+            try:
+                batch.append(self._collect_q.get(timeout=left))
+            except queue.Empty:
+                return
 
     def _collect_one(self, key: str, fut) -> None:
         from distributed.scheduler import KilledWorker

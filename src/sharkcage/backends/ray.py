@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import pickle
+import queue
 import threading
 
 from sharkcage._engine import serialize, start
 from sharkcage.backends._cluster import _OOB_BYTES, ClusterBackend, ClusterConfig, Flight, _Fn, check_options, \
-    remote_run, remote_run_stream
+    pack_call, remote_run, remote_run_pickled, remote_run_stream
 
 log = logging.getLogger("sharkcage")
 
@@ -40,6 +42,8 @@ _ray_lock = threading.Lock()
 _ray_users = 0  # sharkcage pools on the connection sharkcage opened
 _ray_ours = False  # sharkcage called ray.init(), so sharkcage calls ray.shutdown()
 _remote = None  # (plain, streaming) Ray remote functions, made once per process
+_LINGER = 0.05  # seconds the collector may wait for more finished short calls to fetch together
+_POLL = 0.02  # seconds between looks for new calls to watch while waiting
 
 
 def remote_run_packed(args: tuple):
@@ -52,6 +56,11 @@ def remote_run_packed(args: tuple):
 def remote_run_stream_packed(args: tuple):
     """:func:`remote_run_stream` with its arguments in one tuple."""
     yield from remote_run_stream(*args)
+
+
+def remote_run_stream_pickled(blob: bytes):
+    """:func:`remote_run_stream` with its arguments as ``pack_call`` made them."""
+    yield from remote_run_stream(*pickle.loads(blob))
 
 
 def _remote_functions():
@@ -68,9 +77,12 @@ def _remote_functions():
             return ray.remote(num_cpus=1, max_retries=0, num_returns="streaming")(fn)
 
         # (spread: a published function's ObjectRef must be an argument of
-        # its own for Ray to resolve it; packed: everything in one argument)
-        _remote = {(False, False): plain(remote_run), (False, True): plain(remote_run_packed),
-                   (True, False): stream(remote_run_stream), (True, True): stream(remote_run_stream_packed)}
+        # its own for Ray to resolve it; packed: everything in one argument;
+        # pickled: that argument one bytes object, see pack_call)
+        _remote = {(False, "spread"): plain(remote_run), (False, "packed"): plain(remote_run_packed),
+                   (False, "pickled"): plain(remote_run_pickled),
+                   (True, "spread"): stream(remote_run_stream), (True, "packed"): stream(remote_run_stream_packed),
+                   (True, "pickled"): stream(remote_run_stream_pickled)}
     return _remote
 
 
@@ -131,6 +143,10 @@ class RayBackend(ClusterBackend):
         # Big buffers of arguments leave their pickle (serialize.OutOfBand):
         # Ray copies them once into its object store, as for its own tasks.
         self.arena = serialize.BufferArena(_OOB_BYTES)
+        self._watch_q: queue.SimpleQueue = queue.SimpleQueue()  # (ObjectRef, flight key) to collect; None: stop
+        self._collector = start.mark_own_thread(threading.Thread(
+            target=self._collect_loop, name=f"sharkcage-ray-collect-{config.name}", daemon=True))
+        self._collector.start()
         self._loop = None
         self._loop_thread = None
         if self.stream_items:
@@ -165,15 +181,21 @@ class RayBackend(ClusterBackend):
     def _launch_remote(self, flight: Flight, args: tuple):
         # The function's and initializer's pickles are bytes unless published
         # (an ObjectRef): only then do the arguments stay spread out.
-        packed = not any(isinstance(a, self._ray.ObjectRef) for a in args[1:3])
-        fn = self._remote_fns[(flight.stream, packed)]
-        call = fn.remote(args) if packed else fn.remote(*args)
+        blob = pack_call(args)
+        if blob is not None:
+            call = self._remote_fns[(flight.stream, "pickled")].remote(blob)
+        elif not any(isinstance(a, self._ray.ObjectRef) for a in args[1:3]):
+            call = self._remote_fns[(flight.stream, "packed")].remote(args)
+        else:
+            call = self._remote_fns[(flight.stream, "spread")].remote(*args)
         if flight.stream:
             asyncio.run_coroutine_threadsafe(self._consume(flight.key, call), self._loop)
             return call
-        ref = call
-        ref.future().add_done_callback(lambda fut, key=flight.key: self._done(key, fut))
-        return ref
+        if self._short_calls():
+            self._watch_q.put((call, flight.key))  # collected in groups (_collect_loop)
+        else:
+            call.future().add_done_callback(lambda fut, key=flight.key: self._done(key, fut))
+        return call
 
     def _done(self, key: str, fut) -> None:
         """Ray's callback thread: report the outcome to the dispatcher."""
@@ -185,6 +207,59 @@ class RayBackend(ClusterBackend):
                 self._post("outcome", key, *self._classify(exc))
         except BaseException as e:  # noqa: BLE001 - a cancelled concurrent future, ...
             self._post("outcome", key, *self._classify(e))
+
+    def _collect_loop(self) -> None:
+        """Collect short calls: wait for them with ``ray.wait`` and fetch the
+        finished ones' results together with one ``ray.get``.
+
+        Per-call delivery (``ref.future()`` callbacks, what longer calls use:
+        no polling, no added latency) runs Python on Ray's io thread for
+        every call, contending for the GIL with the dispatcher's submits;
+        with one remote call per tiny task that cost the driver more than
+        the calls themselves. Here it waits until half of the watched calls
+        are done (or ``_LINGER``): the workers still have the other half.
+        """
+        watched: dict = {}  # ObjectRef -> flight key
+        while True:
+            try:
+                item = self._watch_q.get(timeout=None if not watched else 0)
+            except queue.Empty:
+                item = ()
+            while item != ():
+                if item is None:
+                    return
+                watched[item[0]] = item[1]
+                try:
+                    item = self._watch_q.get_nowait()
+                except queue.Empty:
+                    item = ()
+            if not watched:
+                continue
+            refs = list(watched)
+            want = max(1, len(refs) // 2) if self._short_calls() else 1
+            try:
+                ready, _rest = self._ray.wait(refs, num_returns=want, timeout=_LINGER if want > 1 else _POLL,
+                                              fetch_local=True)
+                if want > 1 and not ready:
+                    ready, _rest = self._ray.wait(refs, num_returns=1, timeout=_POLL, fetch_local=True)
+            except Exception:  # noqa: BLE001 - the connection is going: the dispatcher fails what is left
+                log.debug("ray.wait failed", exc_info=True)
+                return
+            if not ready:
+                continue
+            try:
+                values = self._ray.get(ready)
+            except BaseException:  # noqa: BLE001 - one of them failed: take them one by one
+                values = None
+            for i, ref in enumerate(ready):
+                key = watched.pop(ref)
+                if values is not None:
+                    self._post("outcome", key, "reply", values[i])
+                    continue
+                try:
+                    self._post("outcome", key, "reply", self._ray.get(ref))
+                except BaseException as e:  # noqa: BLE001 - the task's failure, however it came
+                    self._post("outcome", key, *self._classify(e))
 
     async def _consume(self, key: str, gen) -> None:
         try:
@@ -234,6 +309,9 @@ class RayBackend(ClusterBackend):
     def _disconnect(self, fns: list) -> None:
         for fn in fns:
             fn.remote = None  # the object refs: Ray frees what nothing references
+        self._watch_q.put(None)
+        if threading.current_thread() is not self._collector:
+            self._collector.join(5.0)
         if self._loop is not None:
             loop = self._loop
 
