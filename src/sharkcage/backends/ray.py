@@ -242,9 +242,12 @@ class RayBackend(ClusterBackend):
                                               fetch_local=True)
                 if want > 1 and not ready:
                     ready, _rest = self._ray.wait(refs, num_returns=1, timeout=_POLL, fetch_local=True)
-            except Exception:  # noqa: BLE001 - the connection is going: the dispatcher fails what is left
+            except Exception as e:  # noqa: BLE001 - the connection is lost: each watched call fails with it
                 log.debug("ray.wait failed", exc_info=True)
-                return
+                for key in watched.values():
+                    self._post("outcome", key, *self._classify(e))
+                watched.clear()
+                continue
             if not ready:
                 continue
             try:
