@@ -46,6 +46,30 @@ def add_one(x):
     return x + 1
 
 
+def add_one_in_place(a):
+    a += 1  # writes into the argument itself
+    return a
+
+
+def in_object_store(a) -> bool:
+    """Whether ``a`` is a writable array over Ray's object store (no copy was made)."""
+    from sharkcage.backends import _store_views
+
+    address = a.__array_interface__["data"][0]
+    return bool(a.flags.writeable) and any(lo <= address < hi for lo, hi in _store_views._store_ranges())
+
+
+def spoil_then_crash_once(a, marker: str):
+    """Overwrite the argument in place, then die the first time: a rerun must
+    get the argument as it was sent."""
+    total = float(a.sum())
+    a[:] = -1
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os._exit(1)
+    return total
+
+
 def sleep_return(seconds, value=None):
     time.sleep(seconds)
     return seconds if value is None else value

@@ -109,6 +109,25 @@ def test_big_arrays_travel_both_ways_as_writable_copies(backend):
         assert [float(a[0]) for a in out] == [1.0, 2.0, 3.0, 4.0]
 
 
+def test_a_task_may_write_to_its_big_argument_like_to_a_copy(backend, tmp_path):
+    # Ray hands both ends read-only views of its store; sharkcage lets each
+    # end write in place where the memory is that end's alone (_store_views)
+    np = pytest.importorskip("numpy")
+    big = np.arange(2_000_000, dtype=np.float64)
+    with pool(backend, retries=1) as p:
+        back = p.apply(ch.add_one_in_place, (big,))
+        assert back.flags.writeable and np.array_equal(back, np.arange(2_000_000) + 1)
+        assert big[0] == 0 and big[-1] == 1_999_999  # the caller's array is untouched
+        back += 1  # the result is the caller's to change
+        assert back[0] == 2 and back[-1] == 2_000_001
+        if backend[0] == "ray":  # and neither end copied: both are views of Ray's store
+            assert p.apply(ch.in_object_store, (big,)) is True
+            assert ch.in_object_store(back)
+        again = p.apply(ch.spoil_then_crash_once, (big, str(tmp_path / "crashed")))
+        assert (tmp_path / "crashed").exists()
+        assert again == float(big.sum())  # the rerun got the argument as sent, not as spoiled
+
+
 def test_a_big_function_is_published_once_and_runs_everywhere(backend):
     # A callable whose pickle passes the 64 KiB inline limit is placed in the
     # cluster once (Dask: scattered, Ray: ray.put) and each call carries its

@@ -55,7 +55,7 @@ import weakref
 from typing import Any, Callable
 
 from sharkcage._engine import replies, serialize, start
-from sharkcage.backends import _shares
+from sharkcage.backends import _shares, _store_views
 from sharkcage._engine import worker as worker_mod
 from sharkcage._engine.jobs import CallbackRunner, Job
 from sharkcage._engine.recorder import Recorder
@@ -347,7 +347,13 @@ def _nbytes(data) -> int:
 def as_view(data):
     """What ``oob`` sent, as something ``pickle.loads`` and a byte check read
     (Ray delivers its own buffer type)."""
-    if isinstance(data, (bytes, bytearray, memoryview, serialize.OutOfBand)):
+    if isinstance(data, serialize.OutOfBand):
+        # Ray's buffers are read-only views of its store; where they are this
+        # reader's alone, write in place instead of copying (_store_views)
+        if any(memoryview(b).readonly for b in data.buffers):
+            return serialize.OutOfBand(data.head, [_store_views.writable(b) for b in data.buffers])
+        return data
+    if isinstance(data, (bytes, bytearray, memoryview)):
         return data
     if isinstance(data, tuple) and len(data) == 3 and data[0] == _OOB_TAG:
         return serialize.OutOfBand(data[1], list(data[2]))
