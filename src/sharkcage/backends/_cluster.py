@@ -11,7 +11,7 @@ supervisor does)::
     cancel(job) ---------+--> events queue
     close()/terminate() -+        |
                                   v
-                 pending batches -> 2 per cluster slot in flight (16 when
+                 pending batches -> 2 per cluster slot in flight (64 when
                    batches are short), single submits merged into one call:
                    one remote call per batch ----------------------------> remote_run(...)
                    (the function's bytes inline when small, else             loads the function once per
@@ -73,7 +73,9 @@ log = logging.getLogger("sharkcage")
 
 _INLINE_LIMIT = 64 * 1024  # bytes of a pickled function sent with every batch; bigger ones once per worker
 _DEPTH = 2  # batches in flight per cluster slot, so a worker never waits for the parent
-_SHORT_DEPTH = 16  # ... when batches are short: enough to cover a remote call's latency
+_SHORT_DEPTH = 64  # ... when batches are short: enough to cover a remote call's latency, and to keep the
+# engine's queue from running dry between calls (Ray hands a worker back when it does; 16 measured 1.18x
+# native for one call per tiny task, 64 1.09x, 128 1.19x)
 _SHORT_BATCH = 0.01  # seconds: a batch shorter than this is "short"
 _REFRESH = 5.0  # seconds between re-reading the cluster's size (clusters grow and shrink)
 _MAX_COALESCE = 64  # single-task submits merged into one remote call at most
