@@ -16,7 +16,11 @@ native, ...) so both see the same background load, median of the repeats:
                     better of the two counts) / ``ray.get(f.remote(a))``
                     vs ``pool.apply(f, (a,))``.
 
-The ratio is sharkcage's time over native (below 1: sharkcage is faster).
+The ratio is sharkcage's time over native (below 1: sharkcage is faster):
+``ratio`` of the two medians, and ``paired``, the median of each
+interleaved pair's ratio (steadier where timings are bimodal: a 100 MB
+round trip on Ray takes ~35 ms or ~140 ms depending on the state of Ray's
+object store, for native calls and sharkcage's alike).
 Clusters are started on 127.0.0.1 with the ``dask``/``ray`` CLIs unless
 addresses are given (``--dask-address``, ``--ray-address``).
 
@@ -203,11 +207,12 @@ def main(argv=None) -> int:
         finally:
             if cluster is not None:
                 cluster.stop()
-    print(f"{'engine':6} {'case':42} {'native':>10} {'sharkcage':>10} {'ratio':>7}")
+    print(f"{'engine':6} {'case':42} {'native':>10} {'sharkcage':>10} {'ratio':>7} {'paired':>7}")
     for engine, res in results.items():
         for case, runs in res["cases"].items():
             native, ours = statistics.median(runs["native"]), statistics.median(runs["sharkcage"])
-            print(f"{engine:6} {case:42} {native * 1e3:8.1f}ms {ours * 1e3:8.1f}ms {ours / native:7.2f}")
+            paired = statistics.median(o / n for n, o in zip(runs["native"], runs["sharkcage"]))
+            print(f"{engine:6} {case:42} {native * 1e3:8.1f}ms {ours * 1e3:8.1f}ms {ours / native:7.2f} {paired:7.2f}")
         print(f"{engine:6} {'(pool + executor connect, once)':42} {'':>10} {res['connect_s'] * 1e3:8.1f}ms")
     if args.json:
         with open(args.json, "w") as f:

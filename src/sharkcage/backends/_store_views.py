@@ -56,7 +56,12 @@ def _inside(lo: int, hi: int) -> bool:
 
 def writable(buf):
     """A writable view of ``buf`` (same memory) if it is a read-only view of
-    Ray's object store in this process; ``buf`` itself otherwise."""
+    Ray's object store in this process; ``buf`` itself otherwise.
+
+    >>> data = b"not Ray's store"
+    >>> writable(data) is data
+    True
+    """
     global _ranges
     view = memoryview(buf)
     if not view.readonly or not view.contiguous or view.nbytes == 0:
