@@ -379,6 +379,21 @@ def map_reply(reply, fn):
     return reply
 
 
+def reply_pickles(reply) -> list:
+    """The pickles of a reply, as :func:`map_reply` visits them (without
+    building a new reply).
+
+    >>> reply_pickles(("mixed", 3, [(0, b"a"), (1, b"b")])), reply_pickles(("fn_failed", 3, b"e"))
+    ([b'a', b'b'], [])
+    """
+    tag = reply[0]
+    if tag == "done":
+        return [reply[2]]
+    if tag == "mixed":
+        return [p for _status, p in reply[2]]
+    return []
+
+
 def reply_views(reply):
     """``as_view`` over the pickles of a reply that crossed the engine."""
     return map_reply(reply, as_view)
@@ -388,9 +403,9 @@ def oob_reply(reply, how: str | None):
     """``oob`` over the pickles of a worker's reply tuple."""
     if not how:
         return reply
-    if reply[0] == "mixed" and not any(isinstance(p, serialize.OutOfBand) or isinstance(p, bytes)
-                                       and len(p) >= _OOB_BYTES for _s, p in reply[2]):
-        return reply  # nothing big: no new list
+    if not any(isinstance(p, serialize.OutOfBand) or isinstance(p, bytes) and len(p) >= _OOB_BYTES
+               for p in reply_pickles(reply)):
+        return reply  # nothing big: no new reply
     return map_reply(reply, lambda p: oob(p, how))
 
 
@@ -585,9 +600,7 @@ def remote_run(spec: tuple, fn_data, init_data, shares, payload):
 
 def _carries_buffers(reply) -> bool:
     """Whether a reply holds pickles ``oob`` wrapped for the engine's transport."""
-    found = []
-    map_reply(reply, lambda p: found.append(p) if not isinstance(p, bytes) else None)
-    return bool(found)
+    return any(not isinstance(p, bytes) for p in reply_pickles(reply))
 
 
 def pack_call(args: tuple) -> bytes | None:

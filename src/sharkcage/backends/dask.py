@@ -57,6 +57,11 @@ def _call(args: tuple) -> tuple:
     return (remote_run, args) if blob is None else (remote_run_pickled, (blob,))
 
 
+def _payload_bytes(payload) -> int:
+    """Bytes of a call's payload (one pickle, or a list of them), as ``oob`` left it."""
+    return sum(_nbytes(p) for p in (payload if isinstance(payload, list) else [payload]))
+
+
 def _hold(data):
     """A cluster-side copy of a big pickled function: Dask keeps the result of
     this task on a worker, fetches it once per worker that needs it, and can
@@ -132,8 +137,7 @@ class DaskBackend(ClusterBackend):
 
     def _launch_remote(self, flight: Flight, args: tuple):
         payload = args[-1]
-        size = sum(_nbytes(p) for p in (payload if isinstance(payload, list) else [payload]))
-        if size >= _SCATTER_BYTES:
+        if _payload_bytes(payload) >= _SCATTER_BYTES:
             # Big data goes straight to a worker as frames (the scheduler's
             # links pickle task specs in-band, at protocol 4: copies), and the
             # task runs where it landed.
@@ -148,8 +152,7 @@ class DaskBackend(ClusterBackend):
         # One client.map: one graph update for all of them, where a submit
         # each costs the client and the scheduler a message and a graph
         # update per call (what one remote call per task spends most on).
-        if any(sum(_nbytes(p) for p in (a[-1] if isinstance(a[-1], list) else [a[-1]])) >= _SCATTER_BYTES
-               for _f, a in group):
+        if any(_payload_bytes(a[-1]) >= _SCATTER_BYTES for _f, a in group):
             return None  # a big payload is scattered first: one by one
         calls = [_call(a) for _f, a in group]
         if any(fn is not calls[0][0] for fn, _a in calls):
