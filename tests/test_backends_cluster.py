@@ -377,6 +377,36 @@ def test_one_call_per_task_many_in_flight_each_outcome_its_own(backend):
             assert [f.result(60) for f in futures] == [x * x for x in range(n)]
 
 
+def test_short_calls_are_polled_and_a_crash_or_cancel_among_them_settles_alone(backend):
+    # Once calls run short, the collectors poll them (Dask: future status,
+    # Ray: ray.wait) instead of a callback each: a crashed call and a
+    # cancelled one among them must still settle their own task, and only it.
+    with pool(backend) as p:
+        assert p.map(ch.square, range(200), chunksize=1) == [x * x for x in range(200)]
+        if backend[0] != "local":
+            assert p._backend._short_calls()  # what follows takes the polled path
+        it = p.imap(functools.partial(ch.crash_at, bad=20), range(60), 1)
+        got = []
+        for _ in range(60):
+            try:
+                got.append(it.next(120))
+            except WorkerCrashedError:
+                got.append("crash")
+        assert got == [x * x if x != 20 else "crash" for x in range(60)]
+        blocker = [p.apply_async(ch.sleep_return, (3.0, i)) for i in range(2)]
+        queued = [p.apply_async(ch.square, (i,)) for i in range(6)]
+        cancelled = [r for r in queued[3:] if r.cancel()]
+        # (Dask's scheduler may start a queued task before the blockers, see
+        # test_cancel_pending_tasks_never_kills_running_ones: not all of them)
+        assert len(cancelled) == 3 or backend[0] == "dask" and cancelled
+        for r in cancelled:
+            with pytest.raises(concurrent.futures.CancelledError):
+                r.get(30)
+        assert [r.get(60) for r in blocker] == [0, 1]
+        assert all(r.get(60) == i * i for i, r in enumerate(queued) if r not in cancelled)
+        assert p.map(ch.square, range(50), chunksize=1) == [x * x for x in range(50)]
+
+
 def test_exception_guard_leaves_tblib_to_other_threads():
     """Dask's workers pickle exceptions with tblib; sharkcage's tasks must
     not (SystemExit(3).code would arrive as None), and must not take tblib
