@@ -76,7 +76,7 @@ class ActorHost:
                 reply = worker_mod.run_batch(call_id, lambda name, args, kwargs: call_method(obj, name, args, kwargs),
                                              CALL, payload, True, timed=False)
         finally:
-            logging.getLogger().removeHandler(handler)
+            handler.stop()
         return reply, handler.records
 
 

@@ -41,12 +41,14 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import numbers
 import os
 import pickle
 import queue
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -203,6 +205,8 @@ def _remote_function(key: str, data: bytes):
                 _remote_fns.popitem(last=False)
         else:
             _remote_fns.move_to_end(key)
+            if not isinstance(entry, (bytes, worker_mod._Unloadable)):
+                return entry  # loaded before
     one = {key: entry}
     try:
         return worker_mod.load_function(one, key)
@@ -229,34 +233,67 @@ def _remote_state(token: str, init_key: str, init_data: bytes) -> None:
     worker_mod._state = state
 
 
-class _Capture(logging.Handler):
-    """Collects the records the task's own thread logs, for the parent's handlers."""
+class _TaskLogs(logging.Handler):
+    """The one handler on a worker process's root logger that collects what
+    each sharkcage task's own thread logs, for the parent's handlers.
 
-    def __init__(self, level: int):
+    Several tasks share a Dask worker process (one per thread): each thread's
+    records go to the task that thread runs. One handler for the process's
+    life: a handler made, added and removed per task cost ~6 µs (a lock, a
+    weak reference, three passes under logging's module lock).
+    """
+
+    def __init__(self):
         super().__init__(logging.NOTSET)
-        self.level_wanted = level
-        self.thread = threading.get_ident()
-        self.records: list[bytes] = []
+        self.tasks: dict[int, _Capture] = {}  # thread ident -> the capture of the task it runs
 
     def emit(self, record: logging.LogRecord) -> None:
-        # Several tasks share a Dask worker process; each keeps its own records.
-        if record.thread != self.thread or record.levelno < self.level_wanted:
+        capture = self.tasks.get(record.thread)
+        if capture is None or record.levelno < capture.level:
             return
         try:
-            self.records.append(worker_mod.record_bytes(record))
+            capture.records.append(worker_mod.record_bytes(record))
         except Exception:
             self.handleError(record)
 
 
+_task_logs: _TaskLogs | None = None
+
+
+class _Capture:
+    """One task's log capture on its thread (:func:`_capture_logs`); ``stop()`` ends it."""
+
+    __slots__ = ("level", "records", "thread", "outer")
+
+    def __init__(self, level: int):
+        self.level = level
+        self.records: list[bytes] = []
+        self.thread = threading.get_ident()
+        self.outer = _task_logs.tasks.get(self.thread)  # a capture this one interrupts, if any
+        _task_logs.tasks[self.thread] = self
+
+    def stop(self) -> None:
+        if self.outer is None:
+            _task_logs.tasks.pop(self.thread, None)
+        else:
+            _task_logs.tasks[self.thread] = self.outer
+
+
 def _capture_logs(level: int) -> _Capture:
-    handler = _Capture(level)
+    """Start collecting the records this thread logs at ``level`` or above."""
+    global _task_logs
     root = logging.getLogger()
     # Records below the root's level are never created; lower it (never
     # raise it) so the parent's level decides, as with local workers.
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)
-    root.addHandler(handler)
-    return handler
+    if _task_logs is None or _task_logs not in root.handlers:  # (the task's code may have reset logging)
+        with _remote_lock:
+            if _task_logs is None:
+                _task_logs = _TaskLogs()
+            if _task_logs not in root.handlers:
+                root.addHandler(_task_logs)
+    return _Capture(level)
 
 
 def _allow_children() -> None:
@@ -267,11 +304,18 @@ def _allow_children() -> None:
     The flag only guards that refusal (the nanny, not this flag, ends the
     worker), so clearing it in the worker changes nothing else.
     """
+    global _children_allowed
+    if _children_allowed:
+        return
     import multiprocessing.process as mpp
 
     config = mpp.current_process()._config
     if config.get("daemon"):
         config["daemon"] = False
+    _children_allowed = True
+
+
+_children_allowed = False  # this process's daemon flag was cleared (once is enough)
 
 
 def _prepare(batch_id, token, init, fn_key, fn_data):
@@ -525,8 +569,6 @@ class _PlainExceptionPickling:
 
     @staticmethod
     def _wrap_tblib(table) -> None:
-        import sys
-
         module = sys.modules.get("tblib.pickling_support")
         original = getattr(module, "pickle_exception", None)
         if callable(original) and getattr(original, "__module__", "").startswith("tblib"):
@@ -541,10 +583,10 @@ class _PlainExceptionPickling:
 
 def _exception_guard():
     """The guard above where tblib is loaded (Dask workers), nothing elsewhere."""
-    import contextlib
-    import sys
+    return _PlainExceptionPickling() if "tblib.pickling_support" in sys.modules else _NO_GUARD
 
-    return _PlainExceptionPickling() if "tblib.pickling_support" in sys.modules else contextlib.nullcontext()
+
+_NO_GUARD = contextlib.nullcontext()
 
 
 def _result_arena(carrier: str | None):
@@ -583,7 +625,7 @@ def remote_run(spec: tuple, fn_data, init_data, shares, payload):
                                              arena=_result_arena(carrier))
     finally:
         _shares.unstage()
-        logging.getLogger().removeHandler(handler)
+        handler.stop()
     reply = oob_reply(reply, carrier)
     meta = (_HOST, os.getpid(), time.monotonic() - began, _rss())
     if carrier == "numpy":
@@ -656,7 +698,7 @@ def remote_run_stream(spec: tuple, fn_data, init_data, shares, payload):
                                              arena=_result_arena(carrier))
         finally:
             _shares.unstage()
-            logging.getLogger().removeHandler(handler)
+            handler.stop()
         yield ("item", i, oob_reply(reply, carrier), handler.records,
                me + (time.monotonic() - began, _rss()))
 
