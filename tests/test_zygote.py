@@ -109,6 +109,25 @@ def test_a_killed_zygote_takes_its_workers_and_the_pool_carries_on():
         assert psutil.Process(pool.apply(os.getpid)).ppid() == new.pid
 
 
+def test_closing_at_exit_lets_the_zygote_go_and_a_later_pool_starts_another():
+    """What the interpreter's exit does once the pools are stopped: our end
+    of the zygote's socket is closed (not left to the garbage collector's
+    ResourceWarning), the zygote exits on its own, and should anything start
+    a pool after that, it gets a new zygote instead of a dead one."""
+    with Pool(2) as pool:
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+    old = zygote.ensure()
+    zygote.close_at_exit()
+    assert old.sock.fileno() == -1
+    deadline = time.monotonic() + 20
+    while zygote._reap_if_dead(old) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not psutil.pid_exists(old.pid) or psutil.Process(old.pid).status() == psutil.STATUS_ZOMBIE
+    with Pool(2) as pool:
+        assert pool.map(abs, [-3]) == [3]
+        assert zygote.ensure().pid != old.pid
+
+
 def test_worker_exit_codes_come_through_the_zygote():
     with Pool(1, retries=0) as pool:
         with pytest.raises(WorkerCrashedError) as info:

@@ -257,6 +257,22 @@ def ensure() -> Zygote:
         return _zygote
 
 
+def close_at_exit() -> None:
+    """At interpreter exit, once the pools are stopped: close this process's
+    end of its zygote's socket. The zygote reads EOF, lets its spare go and
+    exits (its children are the stopped pools' workers); the socket is not
+    left to the garbage collector, which warns about it (ResourceWarning).
+    """
+    z = _zygote
+    if z is None:
+        return
+    z.alive = False
+    try:
+        z.sock.close()
+    except OSError:
+        pass
+
+
 def adopt_tracker() -> None:
     """Make sure this process uses its zygote's resource tracker, if it has
     a zygote (shm calls this before it registers a segment)."""

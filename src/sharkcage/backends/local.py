@@ -8,7 +8,7 @@ import os
 import threading
 import weakref
 
-from sharkcage._engine import start
+from sharkcage._engine import start, zygote
 from sharkcage._engine.supervisor import PoolConfig, Supervisor
 from sharkcage.backends.base import check_common
 
@@ -92,3 +92,4 @@ def _terminate_all() -> None:
         s.terminate("the interpreter is exiting")
     for s in sups:
         s.join(2.0)
+    zygote.close_at_exit()  # after the pools: their workers are the zygote's children
