@@ -265,20 +265,27 @@ class Cluster:
         return "\n".join(f"--- {n}\n{self.log(n)[-3000:]}" for n in sorted(os.listdir(self.dir)) if n.endswith(".log"))
 
     def stop(self, grace: float = 3.0) -> list[str]:
-        """Stop every process of the cluster's sessions; the ones that would not go."""
+        """Stop every process of the cluster's sessions; the ones that would not go.
+
+        multiprocessing's resource trackers (Dask's nannies start one) are
+        left to exit on their own once the processes they serve are gone:
+        that is when they unlink what a killed worker left behind (its
+        semaphores in /dev/shm). Killed with the rest, they leak those.
+        """
         procs = _session_members(self.sids)
         for p in procs:
             try:
-                p.terminate()
+                p.terminate()  # (a resource tracker ignores SIGTERM)
             except psutil.Error:
                 pass
-        psutil.wait_procs(procs, timeout=grace)
+        psutil.wait_procs([p for p in procs if not _is_tracker(p)], timeout=grace)
         deadline = time.monotonic() + 10
         while True:
             left = [p for p in _session_members(self.sids) if _alive(p)]
+            served = [p for p in left if not _is_tracker(p)]
             if not left or time.monotonic() > deadline:
                 break
-            for p in left:
+            for p in served or left:  # the trackers only once nothing they serve is left
                 try:
                     p.kill()
                 except psutil.Error:
@@ -287,6 +294,10 @@ class Cluster:
         if not left:  # its logs and sockets go with it (kept when something would not stop)
             shutil.rmtree(self.dir, ignore_errors=True)
         return [f"{p.pid} {' '.join(_cmdline(p))[:100]}" for p in left]
+
+
+def _is_tracker(p: psutil.Process) -> bool:
+    return any("resource_tracker" in part for part in _cmdline(p))
 
 
 def _alive(p: psutil.Process) -> bool:
