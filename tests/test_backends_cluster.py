@@ -76,6 +76,18 @@ def executor(backend, workers=2, **kw) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(workers, backend=name, address=address, **kw)
 
 
+def outcomes(it, n: int, error: type, mark, timeout: float = 60) -> list:
+    """The next ``n`` results of ``it`` (an imap), each failure of type
+    ``error`` as ``mark`` (a value, or a function of the error)."""
+    got = []
+    for _ in range(n):
+        try:
+            got.append(it.next(timeout))
+        except error as err:
+            got.append(mark(err) if callable(mark) else mark)
+    return got
+
+
 # ---------------------------------------------------------------------------
 # the API
 
@@ -365,12 +377,7 @@ def test_one_call_per_task_many_in_flight_each_outcome_its_own(backend):
     with pool(backend) as p:
         assert p.map(ch.square, range(n), chunksize=1) == [x * x for x in range(n)]
         it = p.imap(functools.partial(ch.raise_mysql_at, bad=150), range(n), 1)
-        out = []
-        for _ in range(n):
-            try:
-                out.append(it.next(60))
-            except ch.MysqlStyleError as err:
-                out.append(err.errno)
+        out = outcomes(it, n, ch.MysqlStyleError, lambda err: err.errno)
         assert out == [x * x if x != 150 else 1150 for x in range(n)]
         with executor(backend) as ex:
             futures = [ex.submit(ch.square, x) for x in range(n)]
@@ -386,12 +393,7 @@ def test_short_calls_are_polled_and_a_crash_or_cancel_among_them_settles_alone(b
         if backend[0] != "local":
             assert p._backend._short_calls()  # what follows takes the polled path
         it = p.imap(functools.partial(ch.crash_at, bad=20), range(60), 1)
-        got = []
-        for _ in range(60):
-            try:
-                got.append(it.next(120))
-            except WorkerCrashedError:
-                got.append("crash")
+        got = outcomes(it, 60, WorkerCrashedError, "crash", timeout=120)
         assert got == [x * x if x != 20 else "crash" for x in range(60)]
         blocker = [p.apply_async(ch.sleep_return, (3.0, i)) for i in range(2)]
         queued = [p.apply_async(ch.square, (i,)) for i in range(6)]
@@ -456,12 +458,7 @@ def test_seed_003_exception_is_a_remote_error_and_the_original_class(backend):
         assert e.message == "2055: Lost connection to MySQL server"
         assert e.errno == 2055 and "raise_mysql" in e.remote_traceback
         it = p.imap(ch.raise_mysql_at, range(6), 2)
-        out = []
-        for _ in range(6):
-            try:
-                out.append(it.next(60))
-            except RemoteError as err:
-                out.append(type(err).__mro__[1].__name__)
+        out = outcomes(it, 6, RemoteError, lambda err: type(err).__mro__[1].__name__)
         assert out == [0, 1, "MysqlStyleError", 9, 16, 25]
 
 
@@ -471,12 +468,7 @@ def test_unpicklable_result_is_a_serialization_error(backend):
             p.apply(ch.return_generator, (3,))
         assert info.value.direction == "result" and info.value.type_name == "generator"
         it = p.imap(ch.unpicklable_at, range(6), 3)
-        got = []
-        for _ in range(6):
-            try:
-                got.append(it.next(60))
-            except SerializationError:
-                got.append("bad")
+        got = outcomes(it, 6, SerializationError, "bad")
         assert got == [0, 1, 4, "bad", 16, 25]
         with pytest.raises(SerializationError, match="argument"):
             p.apply_async(ch.square, (threading_lock(),))
@@ -500,12 +492,7 @@ def test_killed_worker_fails_only_its_task(backend):
                 assert "item" not in str(e) and "apply(crash_at)" in str(e)
         assert out == [0, 1, 4, "crash", 16, 25]
         it = p.imap(ch.crash_at, [0, 1, 2, 3, 4], 2)
-        got = []
-        for _ in range(5):
-            try:
-                got.append(it.next(100))
-            except WorkerCrashedError:
-                got.append("crash")
+        got = outcomes(it, 5, WorkerCrashedError, "crash", timeout=100)
         assert got == [0, 1, 4, "crash", 16]
         assert p.map(ch.square, range(4)) == [0, 1, 4, 9]  # the pool lives
 
@@ -575,12 +562,7 @@ def test_task_timeout(backend):
         assert [r.get(60) for r in quick] == [0, 1, 2]
         # inside a chunk: only the slow item fails; the rest of its chunk reruns
         it = p.imap(ch.sleep_return, [0.1, 0.1, 30, 0.1], 4)
-        got = []
-        for _ in range(4):
-            try:
-                got.append(it.next(60))
-            except TaskTimeoutError:
-                got.append("timeout")
+        got = outcomes(it, 4, TaskTimeoutError, "timeout")
         assert got == [0.1, 0.1, "timeout", 0.1]
 
 

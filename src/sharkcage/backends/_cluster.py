@@ -333,6 +333,26 @@ def _prepare(batch_id, token, init, fn_key, fn_data):
         return None, ("fn_failed", batch_id, serialize.pack_exception(e))
 
 
+def take_all(q: queue.SimpleQueue, timeout: float | None) -> list:
+    """Everything ``q`` holds: waits up to ``timeout`` (None: for ever) for a
+    first item, then takes what else is there without waiting, so one
+    wake-up handles a burst. ``[]`` if nothing came in time.
+
+    >>> q = queue.SimpleQueue(); q.put(1); q.put(2)
+    >>> take_all(q, 0), take_all(q, 0)
+    ([1, 2], [])
+    """
+    try:
+        items = [q.get(timeout=timeout)]
+    except queue.Empty:
+        return []
+    while True:
+        try:
+            items.append(q.get_nowait())
+        except queue.Empty:
+            return items
+
+
 _OOB_BYTES = 1 << 20  # pickles from this size travel out-of-band through the engine's transport
 
 
@@ -960,16 +980,8 @@ class ClusterBackend(FeederRegistry):
     def _run(self) -> None:
         try:
             while True:
-                try:
-                    events = [self._events.get(timeout=self._next_timeout())]
-                except queue.Empty:
-                    events = []
+                events = take_all(self._events, self._next_timeout())  # one dispatch per wake-up
                 began = time.perf_counter()
-                while True:  # take everything that is there: one dispatch per wake-up
-                    try:
-                        events.append(self._events.get_nowait())
-                    except queue.Empty:
-                        break
                 for ev in events:
                     self._handle(ev)
                 self._check_deadlines()

@@ -43,6 +43,7 @@ from sharkcage.backends._cluster import (
     pack_call,
     remote_run,
     remote_run_pickled,
+    take_all,
 )
 log = logging.getLogger("sharkcage")
 
@@ -221,22 +222,14 @@ class DaskBackend(ClusterBackend):
         watched: dict = {}  # key -> future of a short call, polled
         done_since = None  # when the collector first saw a watched call done and not yet fetched
         while True:
-            try:
-                item = self._collect_q.get(timeout=_POLL if watched else None)
-            except queue.Empty:
-                item = ()
             ready, end = [], False
-            while item != ():
+            for item in take_all(self._collect_q, _POLL if watched else None):
                 if item is None:
                     end = True
                 elif item[0] == "watch":
                     watched[item[1]] = item[2]
                 else:
                     ready.append(item[1:])
-                try:
-                    item = self._collect_q.get_nowait()
-                except queue.Empty:
-                    item = ()
             done = [(k, f) for k, f in watched.items() if f.status != "pending"]
             if done and not ready and not end:
                 now = time.monotonic()

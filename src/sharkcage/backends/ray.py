@@ -34,7 +34,7 @@ import threading
 
 from sharkcage._engine import serialize, start
 from sharkcage.backends._cluster import _OOB_BYTES, ClusterBackend, ClusterConfig, Flight, _Fn, check_options, \
-    pack_call, remote_run, remote_run_pickled, remote_run_stream
+    pack_call, remote_run, remote_run_pickled, remote_run_stream, take_all
 
 log = logging.getLogger("sharkcage")
 
@@ -221,18 +221,10 @@ class RayBackend(ClusterBackend):
         """
         watched: dict = {}  # ObjectRef -> flight key
         while True:
-            try:
-                item = self._watch_q.get(timeout=None if not watched else 0)
-            except queue.Empty:
-                item = ()
-            while item != ():
+            for item in take_all(self._watch_q, None if not watched else 0):
                 if item is None:
                     return
                 watched[item[0]] = item[1]
-                try:
-                    item = self._watch_q.get_nowait()
-                except queue.Empty:
-                    item = ()
             if not watched:
                 continue
             refs = list(watched)
